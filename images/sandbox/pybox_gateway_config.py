@@ -1,0 +1,27 @@
+# Kernel gateway configuration of the pybox sandbox image.
+# The stock gateway drops output, listens without a token and notices dead kernels
+# late; each setting below says which of these it fixes.
+import os
+
+c = get_config()  # noqa: F821
+
+# Refuse to serve without a per-sandbox token: pybox passes one in KG_AUTH_TOKEN and
+# the gateway then rejects every request (REST and websocket) that lacks it.
+token = os.environ.get("KG_AUTH_TOKEN", "")
+if not token:
+    raise SystemExit("pybox sandbox: KG_AUTH_TOKEN is not set; refusing to start an open kernel gateway")
+c.KernelGatewayApp.auth_token = token
+
+# Inside the container; the engine publishes the port on the host's loopback only.
+c.KernelGatewayApp.ip = "0.0.0.0"
+c.KernelGatewayApp.port = 8888
+
+# The stock IOPub rate limit (1 MB/s, 1000 msg/s) silently replaces output with a
+# warning: 10 MB printed arrived as 321 bytes. pybox never loses output.
+c.ZMQChannelsWebsocketConnection.limit_rate = False
+
+# A dead kernel is seen within half a second (default 3 s) and restarted at once.
+c.KernelRestarter.time_to_dead = 0.5
+# A kernel that ignores shutdown (busy in C, SIGINT ignored) is killed after 1 s, so
+# a restart after a timeout returns quickly.
+c.KernelManager.shutdown_wait_time = 1.0

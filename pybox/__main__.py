@@ -1,0 +1,5 @@
+import sys
+
+from pybox.cli import main
+
+sys.exit(main())

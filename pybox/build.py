@@ -1,0 +1,136 @@
+"""Build the sandbox image (``pybox build``).
+
+The base is a registry image (``python:3.11-slim-bookworm``) where a registry is
+reachable; otherwise a Debian base made with debootstrap and imported into the
+engine (``images/bootstrap-base.sh``). pip inside the build trusts the CA bundle pip
+is configured with here (PIP_CERT, REQUESTS_CA_BUNDLE, SSL_CERT_FILE) unless told
+otherwise: TLS-intercepting proxies need it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from pybox.backend import Backend
+from pybox.errors import BackendError, InvalidArgument
+from pybox.plugins import get_plugins
+from pybox.sandbox import DEFAULT_IMAGE
+
+#: Base image used where a registry is reachable.
+REGISTRY_BASE = "python:3.11-slim-bookworm"
+#: Base image made with debootstrap where none is.
+BOOTSTRAP_BASE = "pybox-base:bookworm"
+#: Environment variables naming the CA bundle pip and requests use, in order.
+CA_BUNDLE_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+
+Progress = Callable[[str], None]
+
+
+def images_dir() -> Path:
+    """The directory holding the image definitions (``images/`` of the source tree)."""
+    import pybox_images
+
+    return Path(list(pybox_images.__path__)[0])
+
+
+def default_ca_bundle() -> Path | None:
+    """The CA bundle pip is configured with here, if any."""
+    for variable in CA_BUNDLE_VARIABLES:
+        value = os.environ.get(variable)
+        if value and Path(value).is_file():
+            return Path(value)
+    return None
+
+
+def build_image(
+    tag: str = DEFAULT_IMAGE,
+    *,
+    backend: str | None = None,
+    base: str | None = None,
+    ca_bundle: str | Path | None | bool = True,
+    dependencies: str | Path | None = None,
+    progress: Progress = print,
+) -> str:
+    """Build the sandbox image as ``tag`` and return the base it was built from.
+
+    ``ca_bundle``: True picks the one pip is configured with, a path uses that file,
+    False/None uses none. ``dependencies``: a requirements file of extra packages.
+    """
+    if ca_bundle is True:
+        bundle = default_ca_bundle()
+    elif ca_bundle in (False, None):
+        bundle = None
+    else:
+        bundle = Path(ca_bundle).expanduser()  # type: ignore[arg-type]
+        if not bundle.is_file():
+            raise InvalidArgument(f"CA bundle {str(ca_bundle)!r} is not a file")
+    extra = Path(dependencies).expanduser() if dependencies else None
+    if extra is not None and not extra.is_file():
+        raise InvalidArgument(f"dependencies file {str(dependencies)!r} is not a file")
+
+    engine = get_plugins().backend(backend)()
+    try:
+        engine.ping()
+        if base is None:
+            base = _choose_base(engine, progress)
+        elif not engine.image_exists(base) and not engine.pull_image(base):
+            raise BackendError(f"base image {base!r} is neither on the engine nor pullable")
+        progress(f"pybox build: building {tag} from {base}"
+                 + (f" (pip trusts {bundle})" if bundle else ""))
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="pybox-build-") as tmp:
+            context = Path(tmp)
+            for item in (images_dir() / "sandbox").iterdir():
+                if item.is_file():
+                    shutil.copy2(item, context / item.name)
+            (context / "ca-bundle.crt").write_bytes(bundle.read_bytes() if bundle else b"")
+            (context / "extra-requirements.txt").write_text(extra.read_text() if extra else "")
+            engine.build_image(context, tag, {"BASE_IMAGE": base}, progress)
+        progress(f"pybox build: {tag} built in {time.monotonic() - started:.0f} s")
+        return base
+    finally:
+        engine.close()
+
+
+def _choose_base(engine: Backend, progress: Progress) -> str:
+    if engine.image_exists(REGISTRY_BASE):
+        return REGISTRY_BASE
+    progress(f"pybox build: pulling {REGISTRY_BASE}")
+    if engine.pull_image(REGISTRY_BASE):
+        return REGISTRY_BASE
+    if engine.image_exists(BOOTSTRAP_BASE):
+        progress(f"pybox build: no registry reachable; using {BOOTSTRAP_BASE} made earlier with debootstrap")
+        return BOOTSTRAP_BASE
+    progress(f"pybox build: no registry reachable; making {BOOTSTRAP_BASE} with debootstrap (about a minute)")
+    bootstrap_base(engine, BOOTSTRAP_BASE, progress)
+    return BOOTSTRAP_BASE
+
+
+def bootstrap_base(engine: Backend, tag: str, progress: Progress) -> None:
+    """Make a Debian bookworm base with Python by debootstrap and import it as ``tag``."""
+    if shutil.which("debootstrap") is None:
+        raise BackendError(
+            "no container registry is reachable and debootstrap is not installed: install it "
+            "(apt-get install debootstrap) or pass --base with an image the engine has"
+        )
+    if os.geteuid() != 0:
+        raise BackendError("no container registry is reachable and debootstrap needs root: run "
+                           "`pybox build` as root once, or pass --base with an image the engine has")
+    script = images_dir() / "bootstrap-base.sh"
+    with tempfile.TemporaryDirectory(prefix="pybox-base-") as tmp:
+        tar = Path(tmp) / "rootfs.tar"
+        process = subprocess.Popen(["bash", str(script), str(tar)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        assert process.stdout is not None
+        for line in process.stdout:
+            progress("debootstrap: " + line.rstrip())
+        if process.wait() != 0:
+            raise BackendError(f"debootstrap failed (exit code {process.returncode}); see its output above")
+        progress(f"pybox build: importing {tag}")
+        engine.import_image(tar, tag)

@@ -1,0 +1,144 @@
+"""pybox's exceptions: one root, each class says what catching it covers.
+
+Errors raised by the SDKs underneath (docker, podman, requests, websocket-client)
+never leave pybox raw: they are wrapped in one of these and chained with
+``raise ... from exc``, so ``__cause__`` still holds the original.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pybox.outputs import Result
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """Remove ANSI colour and cursor codes (IPython colours its tracebacks)."""
+    return _ANSI_ESCAPE.sub("", text)
+
+
+class PyboxError(Exception):
+    """Root of every error pybox raises: catch this to catch them all."""
+
+
+class InvalidArgument(PyboxError, ValueError, TypeError):
+    """A call got a value it cannot use (bad path, non-string code, negative
+    timeout...). Also a ValueError and a TypeError, as Python's own checks would be."""
+
+
+class SandboxClosed(PyboxError):
+    """The sandbox or kernel was used after ``stop()`` / ``close()``."""
+
+
+class BackendError(PyboxError):
+    """The container engine or its backend plugin failed: starting, inspecting,
+    stopping or copying files."""
+
+
+class BackendNotFound(BackendError):
+    """No installed backend plugin has the requested name."""
+
+    def __init__(self, name: str, available: list[str]):
+        self.name = name
+        self.available = list(available)
+        listed = ", ".join(sorted(self.available)) or "none installed"
+        super().__init__(f"no pybox backend named {name!r} (available: {listed})")
+
+
+class BackendUnavailable(BackendError):
+    """The backend is installed but its engine does not answer (daemon not
+    running, socket missing, remote host unreachable). ``hint`` says how to fix it."""
+
+    def __init__(self, message: str, hint: str = ""):
+        self.hint = hint
+        super().__init__(f"{message}. {hint}" if hint else message)
+
+
+class ImageNotFound(BackendError):
+    """The container image does not exist on the engine."""
+
+    def __init__(self, image: str, hint: str = ""):
+        self.image = image
+        hint = hint or "build it with `pybox build` (or `python -m pybox build`)"
+        super().__init__(f"image {image!r} not found; {hint}")
+
+
+class StartupTimeout(BackendError):
+    """The container started but its kernel gateway did not answer in time.
+    ``logs`` holds the container's last log lines."""
+
+    def __init__(self, message: str, logs: str = ""):
+        self.logs = logs
+        text = message
+        if logs:
+            text += "\n--- container logs ---\n" + logs.rstrip()
+        super().__init__(text)
+
+
+class UnsupportedOperation(BackendError):
+    """The backend cannot do what was asked (e.g. host bind mounts on a remote engine)."""
+
+
+class KernelError(PyboxError):
+    """The kernel or the channel to it failed, independently of the user's code."""
+
+
+class KernelDied(KernelError):
+    """The kernel process (or its container) died. ``reason`` says why when
+    known, e.g. ``OOMKilled`` or ``exit code 137``. The kernel's state is lost."""
+
+    def __init__(self, reason: str, result: Result | None = None):
+        self.reason = reason
+        self.result = result
+        super().__init__(f"kernel died: {reason}")
+
+
+class ChannelError(KernelError):
+    """The websocket or REST connection to the kernel gateway failed."""
+
+
+class ExecutionTimeout(PyboxError, TimeoutError):
+    """The code ran past its timeout. The kernel was interrupted (``interrupted``)
+    and, when it did not settle within the grace period, restarted (``restarted``,
+    state lost). ``result`` holds the output produced before the deadline."""
+
+    def __init__(self, timeout: float, result: Result, interrupted: bool, restarted: bool):
+        self.timeout = timeout
+        self.result = result
+        self.interrupted = interrupted
+        self.restarted = restarted
+        if restarted:
+            what = "kernel restarted (state lost)"
+        elif interrupted:
+            what = "kernel interrupted (state kept)"
+        else:
+            what = "kernel left running"
+        super().__init__(f"execution timed out after {timeout:g} s; {what}")
+
+
+class ExecutionError(PyboxError):
+    """The user's code raised. ``ename``, ``evalue`` and ``traceback`` (a string
+    without ANSI colour codes) describe it; ``result`` holds the output produced
+    before the error."""
+
+    def __init__(self, ename: str, evalue: str, traceback: str, result: Result | None = None):
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback
+        self.result = result
+        super().__init__(f"{ename}: {evalue}" if evalue else ename)
+
+    @classmethod
+    def from_content(cls, content: dict[str, Any], result: Result | None = None) -> ExecutionError:
+        """Build from the content of an iopub ``error`` message or an ``execute_reply``."""
+        frames = content.get("traceback") or []
+        return cls(
+            ename=str(content.get("ename", "Error")),
+            evalue=str(content.get("evalue", "")),
+            traceback=strip_ansi("\n".join(frames)),
+            result=result,
+        )

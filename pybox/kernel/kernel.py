@@ -1,0 +1,206 @@
+"""One IPython kernel behind a kernel gateway: run, submit, interrupt, restart, close."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import TYPE_CHECKING, Callable
+
+from pybox.errors import (
+    ChannelError,
+    InvalidArgument,
+    KernelDied,
+    KernelError,
+    PyboxError,
+    SandboxClosed,
+)
+from pybox.kernel import messages
+from pybox.kernel.channel import KernelChannel
+from pybox.kernel.gateway import Gateway
+from pybox.kernel.messages import Message
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pybox.execution import Execution
+    from pybox.outputs import Result
+
+#: Default seconds ``run`` waits before interrupting the code (as ipybox).
+DEFAULT_TIMEOUT = 120.0
+#: Seconds a kernel gets to settle after an interrupt before it is restarted.
+DEFAULT_INTERRUPT_GRACE = 2.0
+
+
+class Kernel:
+    """One IPython kernel: its own state, the filesystem of its container.
+
+    Made by ``Sandbox.kernel()`` or ``Kernel.connect(host, port, token)``. Usable as
+    a context manager; ``close()`` shuts the kernel down (when this object created it).
+    ``explain_death`` is asked why the channel closed (the sandbox asks its engine).
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        kernel_id: str,
+        *,
+        delete_on_close: bool = True,
+        close_gateway: bool = False,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+        explain_death: Callable[[], str | None] | None = None,
+    ):
+        self.id = kernel_id
+        self.gateway = gateway
+        self.interrupt_grace = interrupt_grace
+        self._delete_on_close = delete_on_close
+        self._close_gateway = close_gateway
+        self._explain_death = explain_death
+        self._session = uuid.uuid4().hex
+        self._pending: dict[str, Execution] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._restarting = False
+        self._channel = KernelChannel(
+            gateway.ws_url(kernel_id),
+            gateway.token,
+            on_unrouted=self._on_unrouted,
+            on_closed=self._on_channel_closed,
+            name=f"pybox-kernel-{kernel_id[:8]}",
+        )
+
+    @classmethod
+    def connect(
+        cls, host: str, port: int, token: str, kernel_id: str | None = None, *, timeout: float = 30.0
+    ) -> Kernel:
+        """Attach to a sandbox's gateway started elsewhere (another process, another
+        host). Creates a new kernel there unless ``kernel_id`` names an existing one;
+        a kernel created here is shut down by ``close()``."""
+        import time
+
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise InvalidArgument(f"port must be an integer between 1 and 65535, got {port!r}")
+        gateway = Gateway(host, port, token)
+        try:
+            gateway.wait_ready(time.monotonic() + timeout)
+            created = kernel_id is None
+            kid = gateway.create_kernel() if created else kernel_id
+            return cls(gateway, kid, delete_on_close=created, close_gateway=True)
+        except BaseException:
+            gateway.close()
+            raise
+
+    # -- running code ----------------------------------------------------------------
+
+    def submit(self, code: str) -> Execution:
+        """Send ``code`` for execution and return its Execution at once."""
+        from pybox.execution import Execution
+
+        if not isinstance(code, str):
+            raise InvalidArgument(f"code must be a str, not {type(code).__name__}")
+        if self._closed:
+            raise SandboxClosed(f"kernel {self.id} is closed")
+        msg = messages.execute_request(code, self._session)
+        execution = Execution(self, msg, code)
+        with self._lock:
+            self._pending[execution.msg_id] = execution
+        self._channel.register(execution.msg_id, execution)
+        try:
+            self._channel.send(msg)
+        except PyboxError:
+            self._forget(execution)
+            raise
+        return execution
+
+    def run(self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True) -> Result:
+        """Execute ``code`` and wait for it. Raises ExecutionError if it raised (or
+        returns it in ``Result.error`` with ``check=False``), ExecutionTimeout after
+        ``timeout`` seconds (None: no limit)."""
+        from pybox.execution import deadline_after
+
+        deadline_after(timeout)  # validate before sending anything
+        return self.submit(code).result(timeout=timeout, check=check)
+
+    # -- control -----------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Send SIGINT to the kernel: the running code gets KeyboardInterrupt."""
+        self._check_open()
+        self.gateway.interrupt_kernel(self.id)
+
+    def restart(self, *, _timed_out: Execution | None = None) -> None:
+        """Restart the kernel: its state is lost. Pending executions end with KernelError."""
+        self._check_open()
+        self._restarting = True
+        try:
+            self.gateway.restart_kernel(self.id)
+        finally:
+            self._restarting = False
+        self._fail_pending(KernelError(f"kernel {self.id} was restarted; its state is lost"), keep=_timed_out)
+
+    def close(self) -> None:
+        """Shut the kernel down and close its channel. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._fail_pending(SandboxClosed(f"kernel {self.id} was closed while the code ran"))
+        self._channel.close()
+        if self._delete_on_close:
+            try:
+                self.gateway.delete_kernel(self.id)
+            except PyboxError:
+                pass  # the container may already be gone; nothing left to shut down
+        if self._close_gateway:
+            self.gateway.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<pybox.Kernel {self.id} at {self.gateway.base_url} {state}>"
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxClosed(f"kernel {self.id} is closed")
+
+    def _forget(self, execution: Execution) -> None:
+        self._channel.unregister(execution.msg_id)
+        with self._lock:
+            self._pending.pop(execution.msg_id, None)
+
+    def _fail_pending(self, error: PyboxError, keep: Execution | None = None) -> None:
+        with self._lock:
+            pending = [e for e in self._pending.values() if e is not keep]
+        for execution in pending:
+            execution.fail(error)
+
+    def _on_unrouted(self, msg: Message) -> None:
+        # The gateway tells every client of a kernel that died and was restarted
+        # (or could not be) with a status message that has no parent.
+        if messages.msg_type(msg) != "status" or self._restarting:
+            return
+        state = (msg.get("content") or {}).get("execution_state")
+        if state in ("restarting", "dead"):
+            reason = (self._explain_death() if self._explain_death else None) or (
+                "the kernel process exited; the gateway restarted it and its state is lost"
+                if state == "restarting"
+                else "the kernel process exited and could not be restarted"
+            )
+            self._fail_pending(KernelDied(reason))
+
+    def _on_channel_closed(self, error: BaseException | None) -> None:
+        if self._closed:
+            return
+        reason = self._explain_death() if self._explain_death else None
+        if reason:
+            failure: PyboxError = KernelDied(reason)
+        else:
+            failure = ChannelError(f"the websocket to kernel {self.id} closed: {error or 'closed by the gateway'}")
+        self._fail_pending(failure)

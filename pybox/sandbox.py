@@ -1,0 +1,304 @@
+"""The Sandbox: one container with a kernel gateway, and the kernels in it.
+
+The container's lifecycle belongs to a backend found through the plugins; the
+sandbox only builds the spec, waits for the gateway, and hands out kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from pybox.backend import LABEL, WORKDIR, Backend, Bind, ContainerSpec, Limits
+from pybox.errors import (
+    ChannelError,
+    InvalidArgument,
+    PyboxError,
+    SandboxClosed,
+    StartupTimeout,
+)
+from pybox.kernel import DEFAULT_INTERRUPT_GRACE, DEFAULT_TIMEOUT, Kernel
+from pybox.kernel.gateway import Gateway
+from pybox.plugins import get_plugins, resolve_backend_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pybox.execution import Execution
+    from pybox.outputs import Result
+
+#: Image used when ``Sandbox(image=None)``; ``pybox build`` builds it.
+DEFAULT_IMAGE = "pybox:latest"
+#: Environment variable the gateway in the image reads its token from.
+TOKEN_ENV = "KG_AUTH_TOKEN"
+
+_SESSION = secrets.token_hex(8)  # this process's pybox session, in every container's labels
+
+
+class Sandbox:
+    """A container running a kernel gateway, with a default kernel created lazily.
+
+    ``binds`` maps host paths (relative to the current directory, or absolute) to
+    container paths (relative to /app, or absolute under /app). ``env`` is passed to
+    the container. ``port`` fixes the host port of the gateway (default: the engine
+    picks a free one). Use as a context manager, or ``start()`` / ``stop()``.
+    """
+
+    def __init__(
+        self,
+        image: str | None = None,
+        backend: str | None = None,
+        *,
+        binds: dict[str, str] | None = None,
+        env: dict[str, str] | None = None,
+        limits: Limits | None = None,
+        port: int | None = None,
+        startup_timeout: float = 60.0,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+    ):
+        self.image = _check_image(DEFAULT_IMAGE if image is None else image)
+        self.backend_name = resolve_backend_name(backend)
+        self._backend_cls = get_plugins().backend(self.backend_name)  # unknown names fail here
+        self.binds = _check_binds(binds or {})
+        self.env = _check_env(env or {})
+        if limits is not None and not isinstance(limits, Limits):
+            raise InvalidArgument(f"limits must be a pybox.Limits, not {type(limits).__name__}")
+        self.limits = limits or Limits()
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            raise InvalidArgument(f"port must be an integer between 1 and 65535, got {port!r}")
+        self.port_requested = port
+        if not isinstance(startup_timeout, (int, float)) or startup_timeout <= 0:
+            raise InvalidArgument(f"startup_timeout must be a positive number, got {startup_timeout!r}")
+        self.startup_timeout = float(startup_timeout)
+        self.interrupt_grace = interrupt_grace
+        self.token = secrets.token_urlsafe(32)
+        self.id: str | None = None
+        self._backend: Backend | None = None
+        self._gateway: Gateway | None = None
+        self._kernels: list[Kernel] = []
+        self._default: Kernel | None = None
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        """Start the container and wait until its gateway answers. Idempotent."""
+        with self._lock:
+            if self._closed:
+                raise SandboxClosed("this sandbox was stopped; create a new Sandbox")
+            if self.id is not None:
+                return self
+            deadline = time.monotonic() + self.startup_timeout
+            self._backend = self._backend_cls()
+            spec = self._spec()
+            self.id = self._backend.start(spec)
+            try:
+                endpoint = self._backend.endpoint(self.id, spec)
+                self._gateway = Gateway(endpoint.host, endpoint.port, self.token)
+                self._wait_for_gateway(deadline)
+            except BaseException:
+                self._teardown()
+                raise
+        return self
+
+    def _spec(self) -> ContainerSpec:
+        return ContainerSpec(
+            image=self.image,
+            env={**self.env, TOKEN_ENV: self.token},
+            binds=self.binds,
+            limits=self.limits,
+            labels={
+                LABEL: "1",
+                f"{LABEL}.session": _SESSION,
+                f"{LABEL}.pid": str(os.getpid()),
+                f"{LABEL}.host": socket.gethostname(),
+            },
+            host_port=self.port_requested,
+        )
+
+    def _wait_for_gateway(self, deadline: float) -> None:
+        assert self._backend is not None and self._gateway is not None and self.id is not None
+        checks = 0
+        while True:
+            if self._gateway.ready(timeout=0.5):
+                return
+            checks += 1
+            if checks % 10 == 0:  # a container that exited will never answer: say so now
+                state = self._backend.inspect(self.id)
+                if not state.running:
+                    raise StartupTimeout(
+                        f"sandbox container {self.id[:12]} from image {self.image!r} stopped before its "
+                        f"kernel gateway answered ({state.describe()})",
+                        self._backend.logs(self.id),
+                    )
+            if time.monotonic() >= deadline:
+                raise StartupTimeout(
+                    f"the kernel gateway in container {self.id[:12]} did not answer within "
+                    f"{self.startup_timeout:g} s",
+                    self._backend.logs(self.id),
+                )
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Close every kernel and remove the container. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._teardown()
+
+    def _teardown(self) -> None:
+        for kernel in self._kernels:
+            kernel._delete_on_close = False  # the container goes: no need to ask it first
+            kernel.close()
+        self._kernels.clear()
+        self._default = None
+        if self._gateway is not None:
+            self._gateway.close()
+        if self._backend is not None:
+            if self.id is not None:
+                self._backend.remove(self.id)
+            self._backend.close()
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:  # a forgotten sandbox must not outlive its owner's objects
+        try:
+            if not self._closed and self.id is not None:
+                self.stop()
+        except Exception:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def host(self) -> str:
+        return self._started_gateway().host
+
+    @property
+    def port(self) -> int:
+        return self._started_gateway().port
+
+    def _started_gateway(self) -> Gateway:
+        if self._closed:
+            raise SandboxClosed("this sandbox was stopped")
+        if self._gateway is None:
+            raise InvalidArgument("the sandbox is not started; call start() or use it in a with block")
+        return self._gateway
+
+    # -- kernels ---------------------------------------------------------------------
+
+    def kernel(self) -> Kernel:
+        """A new kernel in this container: own state, same filesystem. Close it (or
+        use it as a context manager) when done; ``stop()`` closes it anyway."""
+        with self._lock:
+            gateway = self._started_gateway()
+            kernel_id = gateway.create_kernel()
+            kernel = Kernel(gateway, kernel_id, interrupt_grace=self.interrupt_grace,
+                            explain_death=self._explain_death)
+            self._kernels.append(kernel)
+            return kernel
+
+    @property
+    def default_kernel(self) -> Kernel:
+        """The kernel ``run`` and ``submit`` use, created on first use."""
+        with self._lock:
+            if self._default is None or self._default.closed:
+                if self.id is None and not self._closed:
+                    self.start()
+                self._default = self.kernel()
+            return self._default
+
+    def run(self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True) -> Result:
+        """Run ``code`` in the default kernel and wait for its Result."""
+        return self.default_kernel.run(code, timeout=timeout, check=check)
+
+    def submit(self, code: str) -> Execution:
+        """Send ``code`` to the default kernel; returns its Execution at once."""
+        return self.default_kernel.submit(code)
+
+    def interrupt(self) -> None:
+        self.default_kernel.interrupt()
+
+    def restart(self) -> None:
+        self.default_kernel.restart()
+
+    def _explain_death(self) -> str | None:
+        """Why the container is gone, when it is (asked when a kernel channel closes)."""
+        if self._closed or self._backend is None or self.id is None:
+            return None
+        try:
+            state = self._backend.inspect(self.id)
+        except PyboxError:
+            return None
+        if state.running:
+            return None
+        return f"the sandbox container stopped: {state.describe()}"
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._closed else ("running" if self.id else "not started")
+        where = f" at {self._gateway.base_url}" if self._gateway else ""
+        return f"<pybox.Sandbox {self.image} on {self.backend_name}{where} {state}>"
+
+
+def _check_image(image: object) -> str:
+    if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
+        raise InvalidArgument(f"image must be an image name such as 'pybox:latest', got {image!r}")
+    return image
+
+
+def container_path(path: str, what: str = "sandbox path") -> str:
+    """A sandbox path made absolute: relative paths are under /app, and nothing may
+    leave /app."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise InvalidArgument(f"{what} must be a non-empty path, got {path!r}")
+    raw = PurePosixPath(WORKDIR, str(path))
+    parts: list[str] = []
+    for part in raw.parts[1:]:
+        if part == "..":
+            if not parts:
+                raise InvalidArgument(f"{what} {str(path)!r} leaves /")
+            parts.pop()
+        elif part != ".":
+            parts.append(part)
+    resolved = "/" + "/".join(parts)
+    if resolved != WORKDIR and not resolved.startswith(WORKDIR + "/"):
+        raise InvalidArgument(f"{what} {str(path)!r} is outside {WORKDIR}, the sandbox's working directory")
+    return resolved
+
+
+def _check_binds(binds: dict[str, str]) -> list[Bind]:
+    if not isinstance(binds, dict):
+        raise InvalidArgument(f"binds must be a dict of host path -> container path, not {type(binds).__name__}")
+    result = []
+    for host, target in binds.items():
+        if not isinstance(host, (str, os.PathLike)) or not str(host).strip():
+            raise InvalidArgument(f"bind host path must be a non-empty path, got {host!r}")
+        host_path = Path(host).expanduser().resolve()
+        if not host_path.exists():
+            raise InvalidArgument(f"bind host path {str(host)!r} does not exist ({host_path})")
+        result.append(Bind(str(host_path), container_path(target, "bind container path")))
+    return result
+
+
+def _check_env(env: dict[str, str]) -> dict[str, str]:
+    if not isinstance(env, dict):
+        raise InvalidArgument(f"env must be a dict of str -> str, not {type(env).__name__}")
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise InvalidArgument(f"env variable name {key!r} is not valid")
+        if not isinstance(value, str):
+            raise InvalidArgument(f"env variable {key} must be a str, not {type(value).__name__}")
+    if TOKEN_ENV in env:
+        raise InvalidArgument(f"env may not set {TOKEN_ENV}: pybox sets the gateway token itself")
+    return dict(env)
