@@ -34,6 +34,11 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_IMAGE = "pybox:latest"
 #: Environment variable the gateway in the image reads its token from.
 TOKEN_ENV = "KG_AUTH_TOKEN"
+#: The gateway starts this many kernels as soon as it is up (KG_PRESPAWN_COUNT); the
+#: default kernel adopts the first, so the first run does not wait for a kernel start.
+PRESPAWN_ENV = "KG_PRESPAWN_COUNT"
+#: How long the default kernel waits for the prespawned kernel to be listed.
+PRESPAWN_WAIT = 5.0
 
 _SESSION = secrets.token_hex(8)  # this process's pybox session, in every container's labels
 
@@ -80,6 +85,7 @@ class Sandbox:
         self._gateway: Gateway | None = None
         self._kernels: list[Kernel] = []
         self._default: Kernel | None = None
+        self._adopted_prespawn = False
         self._lock = threading.RLock()
         self._closed = False
 
@@ -108,7 +114,7 @@ class Sandbox:
     def _spec(self) -> ContainerSpec:
         return ContainerSpec(
             image=self.image,
-            env={**self.env, TOKEN_ENV: self.token},
+            env={**self.env, TOKEN_ENV: self.token, PRESPAWN_ENV: "1"},
             binds=self.binds,
             limits=self.limits,
             labels={
@@ -202,22 +208,37 @@ class Sandbox:
         """A new kernel in this container: own state, same filesystem. Close it (or
         use it as a context manager) when done; ``stop()`` closes it anyway."""
         with self._lock:
-            gateway = self._started_gateway()
-            kernel_id = gateway.create_kernel()
-            kernel = Kernel(gateway, kernel_id, interrupt_grace=self.interrupt_grace,
-                            explain_death=self._explain_death)
-            self._kernels.append(kernel)
-            return kernel
+            return self._open_kernel(self._started_gateway().create_kernel())
+
+    def _open_kernel(self, kernel_id: str) -> Kernel:
+        kernel = Kernel(self._started_gateway(), kernel_id, interrupt_grace=self.interrupt_grace,
+                        explain_death=self._explain_death)
+        self._kernels.append(kernel)
+        return kernel
 
     @property
     def default_kernel(self) -> Kernel:
-        """The kernel ``run`` and ``submit`` use, created on first use."""
+        """The kernel ``run`` and ``submit`` use, created on first use (the first
+        one adopts the kernel the gateway prespawned at start)."""
         with self._lock:
             if self._default is None or self._default.closed:
                 if self.id is None and not self._closed:
                     self.start()
-                self._default = self.kernel()
+                prespawned = None if self._adopted_prespawn else self._prespawned_kernel()
+                self._adopted_prespawn = True
+                self._default = self._open_kernel(prespawned) if prespawned else self.kernel()
             return self._default
+
+    def _prespawned_kernel(self) -> str | None:
+        gateway = self._started_gateway()
+        deadline = time.monotonic() + PRESPAWN_WAIT
+        while True:
+            kernels = gateway.list_kernels()
+            if kernels:
+                return kernels[0]["id"]
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
 
     def run(self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True) -> Result:
         """Run ``code`` in the default kernel and wait for its Result."""

@@ -25,3 +25,5 @@ c.KernelRestarter.time_to_dead = 0.5
 # A kernel that ignores shutdown (busy in C, SIGINT ignored) is killed after 1 s, so
 # a restart after a timeout returns quickly.
 c.KernelManager.shutdown_wait_time = 1.0
+# pybox lists kernels to find the prespawned one (the token still guards the list).
+c.JupyterWebsocketPersonality.list_kernels = True

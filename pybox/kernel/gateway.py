@@ -37,7 +37,7 @@ class Gateway:
             response = self._http.request(method, url, timeout=timeout or self.request_timeout, **kwargs)
         except requests.RequestException as exc:
             raise ChannelError(f"kernel gateway at {self.base_url} did not answer {method} {path}: {exc}") from exc
-        if response.status_code in (401, 403):
+        if response.status_code == 401 or (response.status_code == 403 and "token" in response.text.lower()):
             raise ChannelError(f"kernel gateway at {self.base_url} refused the token ({response.status_code})")
         if response.status_code == 404 and path.startswith("/api/kernels/"):
             raise KernelError(f"kernel {path.split('/')[3]} does not exist on the gateway at {self.base_url}")

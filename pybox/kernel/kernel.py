@@ -35,6 +35,7 @@ class Kernel:
     Made by ``Sandbox.kernel()`` or ``Kernel.connect(host, port, token)``. Usable as
     a context manager; ``close()`` shuts the kernel down (when this object created it).
     ``explain_death`` is asked why the channel closed (the sandbox asks its engine).
+    ``channel_factory`` makes the channel (tests pass one that plays scripted messages).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class Kernel:
         close_gateway: bool = False,
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
         explain_death: Callable[[], str | None] | None = None,
+        channel_factory: Callable[..., KernelChannel] = KernelChannel,
     ):
         self.id = kernel_id
         self.gateway = gateway
@@ -58,7 +60,7 @@ class Kernel:
         self._lock = threading.Lock()
         self._closed = False
         self._restarting = False
-        self._channel = KernelChannel(
+        self._channel = channel_factory(
             gateway.ws_url(kernel_id),
             gateway.token,
             on_unrouted=self._on_unrouted,
