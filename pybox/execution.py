@@ -66,6 +66,8 @@ class Execution:
         self._done = threading.Event()
         self._started = False
         self._cancel_requested = False
+        self._idle = False
+        self._timing_out = False
         self._submitted_at = time.monotonic()
 
     # -- fed by the kernel channel's reader thread ---------------------------------
@@ -176,7 +178,9 @@ class Execution:
         content = item.get("content") or {}
         if kind == "status":
             if content.get("execution_state") == "idle":
-                self._finish(None)
+                self._idle = True
+                if not self._timing_out:
+                    self._finish(None)
             return
         if kind == "execute_reply":
             self._reply = content
@@ -196,23 +200,22 @@ class Execution:
             started = self._started
         interrupted = restarted = False
         if started:
+            self._timing_out = True  # idle now means "settled after the interrupt", not "done"
             try:
                 self.kernel.interrupt()
                 interrupted = True
             except PyboxError:
                 pass
             grace_deadline = time.monotonic() + self.kernel.interrupt_grace
-            while not self._done.is_set():
-                remaining = grace_deadline - time.monotonic()
+            while not self._idle:
                 try:
-                    item = self._queue.get(timeout=max(0.0, remaining))
+                    item = self._queue.get(timeout=max(0.0, grace_deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 self._handle(item)
-            if self._done.is_set():
-                if self._failure is not None:
+                if self._done.is_set():
                     return  # the kernel died meanwhile: that is the better answer
-            else:
+            if not self._idle:
                 # SIGINT did not stop the code (ignored, or stuck in C): restart.
                 self.kernel.restart(_timed_out=self)
                 restarted = True
