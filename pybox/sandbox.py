@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from pybox.backend import LABEL, WORKDIR, Backend, Bind, ContainerSpec, Limits
 from pybox.errors import (
-    ChannelError,
     InvalidArgument,
     PyboxError,
     SandboxClosed,
