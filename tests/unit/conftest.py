@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from fakes import FakeGateway, Rig, ScriptedChannel
+import pybox.plugins
+from fakes import FakeBackend, FakeBackendPlugin, FakeGateway, Rig, ScriptedChannel
+from pybox.plugins import Plugins
 from pybox.kernel import Kernel
 
 
@@ -51,3 +53,15 @@ def make_rig():
 @pytest.fixture
 def rig(make_rig) -> Rig:
     return make_rig()
+
+
+@pytest.fixture
+def fake_plugins(monkeypatch) -> Plugins:
+    """The process-wide plugins replaced by ones holding only the 'fake' backend
+    (no entry points loaded); FakeBackend's recorded instances start empty."""
+    plugins = Plugins(load_entry_points=False)
+    plugins.register(FakeBackendPlugin(), name="fake-plugin")
+    monkeypatch.setattr(pybox.plugins, "_plugins", plugins)
+    monkeypatch.setattr(FakeBackend, "instances", [])
+    monkeypatch.delenv("PYBOX_BACKEND", raising=False)
+    return plugins

@@ -27,6 +27,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from pybox import hookimpl
+from pybox.backend import Backend, ContainerSpec, ContainerState, Endpoint
 from pybox.errors import ChannelError
 from pybox.kernel import Kernel
 
@@ -371,3 +373,69 @@ class Rig:
             self.channel.play(script, parent=self.channel.requests[-1]["header"]["msg_id"])
 
         self.gateway.on_interrupt = react
+
+
+# -- a backend -------------------------------------------------------------------------
+
+
+class FakeBackend(Backend):
+    """A container backend that starts nothing; records calls on the class (a
+    Sandbox makes its own instance)."""
+
+    name = "fake"
+    description = "records calls, starts nothing"
+    instances: list[FakeBackend] = []
+    state = ContainerState(running=True, status="running")
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.specs: list[ContainerSpec] = []
+        type(self).instances.append(self)
+
+    def start(self, spec):
+        self.specs.append(spec)
+        self.calls.append(("start",))
+        return "c0ffee" * 10
+
+    def endpoint(self, container_id, spec):
+        return Endpoint("127.0.0.1", 49999)
+
+    def inspect(self, container_id):
+        self.calls.append(("inspect", container_id))
+        return type(self).state
+
+    def logs(self, container_id, tail=50):
+        return "gateway: boom\n"
+
+    def remove(self, container_id):
+        self.calls.append(("remove", container_id))
+
+    def list_containers(self, labels):
+        return []
+
+    def put_archive(self, container_id, path, data):
+        raise NotImplementedError
+
+    def get_archive(self, container_id, path):
+        raise NotImplementedError
+
+    def image_exists(self, image):
+        return True
+
+    def ping(self):
+        pass
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+class FakeBackendPlugin:
+    """An in-process plugin registering FakeBackend (or whatever it is given)."""
+
+    def __init__(self, *classes):
+        self.classes = classes or (FakeBackend,)
+
+    @hookimpl
+    def pybox_register_backends(self, register):
+        for cls in self.classes:
+            register(cls)
