@@ -106,12 +106,15 @@ class ExecutionTimeout(PyboxError, TimeoutError):
     and, when it did not settle within the grace period, restarted (``restarted``,
     state lost). ``result`` holds the output produced before the deadline."""
 
-    def __init__(self, timeout: float, result: Result, interrupted: bool, restarted: bool):
+    def __init__(self, timeout: float, result: Result, interrupted: bool, restarted: bool, started: bool = True):
         self.timeout = timeout
         self.result = result
         self.interrupted = interrupted
         self.restarted = restarted
-        if restarted:
+        self.started = started
+        if not started:
+            what = "the code had not started (the kernel was busy with earlier code); it is interrupted when it starts"
+        elif restarted:
             what = "kernel restarted (state lost)"
         elif interrupted:
             what = "kernel interrupted (state kept)"

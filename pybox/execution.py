@@ -3,7 +3,9 @@
 The kernel channel's reader thread feeds messages into the execution's queue
 (``deliver``); the caller's thread drains it in ``events()`` / ``stream()`` /
 ``result()``. The execution is finished at iopub ``status: idle`` for its msg_id,
-never at ``execute_reply``: ipykernel 7 often sends stream output after the reply.
+never at ``execute_reply`` alone: ipykernel 7 often sends stream output after the
+reply. The reply (its status, execution count and payloads) is awaited too, since it
+travels on another socket and may arrive after idle.
 
 Timeouts follow one monotonic deadline: at the deadline the kernel is interrupted;
 if it does not go idle within the kernel's grace period it is restarted. Either way
@@ -68,6 +70,7 @@ class Execution:
         self._cancel_requested = False
         self._idle = False
         self._timing_out = False
+        self._abandoned = False  # timed out before it started; the route stays until its idle
         self._submitted_at = time.monotonic()
 
     # -- fed by the kernel channel's reader thread ---------------------------------
@@ -81,6 +84,8 @@ class Execution:
                 # Not from the reader thread: the interrupt is a REST call.
                 threading.Thread(target=self._interrupt_quietly, daemon=True).start()
         self._queue.put(msg)
+        if self._abandoned and _is_idle(msg):
+            self.kernel._forget(self)
 
     def fail(self, error: PyboxError) -> None:
         self._queue.put(_Failure(error))
@@ -179,14 +184,26 @@ class Execution:
         if kind == "status":
             if content.get("execution_state") == "idle":
                 self._idle = True
-                if not self._timing_out:
+                if self._reply is not None and not self._timing_out:
                     self._finish(None)
             return
+        if kind == "execute_input":
+            count = content.get("execution_count")
+            if isinstance(count, int):
+                self._result.execution_count = count
+            return
         if kind == "execute_reply":
+            # Shell and iopub are separate sockets: the reply may come before or after
+            # idle. Output is complete at idle; the reply adds its status and payloads.
             self._reply = content
             count = content.get("execution_count")
             if isinstance(count, int):
                 self._result.execution_count = count
+            for payload in content.get("payload") or []:
+                if payload.get("source") == "page" and isinstance(payload.get("data"), dict):
+                    self._result.add(DisplayData(payload["data"]))  # `obj?` help text
+            if self._idle and not self._timing_out:
+                self._finish(None)
             return
         output = messages.to_output(item)
         if output is None:
@@ -198,6 +215,11 @@ class Execution:
     def _on_timeout(self, timeout: float | None) -> None:
         with self._flags:
             started = self._started
+            if not started:
+                # Still queued behind earlier code: it cannot be taken back from the
+                # kernel's queue, so it is interrupted the moment it starts.
+                self._cancel_requested = True
+                self._abandoned = True
         interrupted = restarted = False
         if started:
             self._timing_out = True  # idle now means "settled after the interrupt", not "done"
@@ -207,7 +229,7 @@ class Execution:
             except PyboxError:
                 pass
             grace_deadline = time.monotonic() + self.kernel.interrupt_grace
-            while not self._idle:
+            while not (self._idle and self._reply is not None):
                 try:
                     item = self._queue.get(timeout=max(0.0, grace_deadline - time.monotonic()))
                 except queue.Empty:
@@ -215,12 +237,12 @@ class Execution:
                 self._handle(item)
                 if self._done.is_set():
                     return  # the kernel died meanwhile: that is the better answer
-            if not self._idle:
+            if not (self._idle and self._reply is not None):
                 # SIGINT did not stop the code (ignored, or stuck in C): restart.
                 self.kernel.restart(_timed_out=self)
                 restarted = True
         self._result.error = None  # the KeyboardInterrupt we caused is not the user's error
-        self._finish(ExecutionTimeout(timeout or 0.0, self._result, interrupted, restarted))
+        self._finish(ExecutionTimeout(timeout or 0.0, self._result, interrupted, restarted, started=started))
 
     def _finish(self, failure: PyboxError | None) -> None:
         if self._done.is_set():
@@ -231,4 +253,9 @@ class Execution:
         if failure is None and self._result.error is None and reply.get("status") == "error":
             self._result.error = ExecutionError.from_content(reply, self._result)
         self._done.set()
-        self.kernel._forget(self)
+        if not self._abandoned:
+            self.kernel._forget(self)
+
+
+def _is_idle(msg: Message) -> bool:
+    return messages.msg_type(msg) == "status" and (msg.get("content") or {}).get("execution_state") == "idle"

@@ -6,11 +6,13 @@ sandbox only builds the spec, waits for the gateway, and hands out kernels.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import socket
 import threading
 import time
+import weakref
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
@@ -40,6 +42,17 @@ PRESPAWN_ENV = "KG_PRESPAWN_COUNT"
 PRESPAWN_WAIT = 5.0
 
 _SESSION = secrets.token_hex(8)  # this process's pybox session, in every container's labels
+_live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_sandboxes() -> None:
+    """A script that exits without stopping its sandboxes does not leave containers."""
+    for sandbox in list(_live):
+        try:
+            sandbox.stop()
+        except Exception:
+            pass
 
 
 class Sandbox:
@@ -101,6 +114,7 @@ class Sandbox:
             self._backend = self._backend_cls()
             spec = self._spec()
             self.id = self._backend.start(spec)
+            _live.add(self)
             try:
                 endpoint = self._backend.endpoint(self.id, spec)
                 self._gateway = Gateway(endpoint.host, endpoint.port, self.token)
@@ -157,6 +171,7 @@ class Sandbox:
             self._teardown()
 
     def _teardown(self) -> None:
+        _live.discard(self)
         for kernel in self._kernels:
             kernel._delete_on_close = False  # the container goes: no need to ask it first
             kernel.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from typing import TYPE_CHECKING, Callable
 
@@ -60,6 +61,7 @@ class Kernel:
         self._lock = threading.Lock()
         self._closed = False
         self._restarting = False
+        self._needs_nudge = False
         self._channel = channel_factory(
             gateway.ws_url(kernel_id),
             gateway.token,
@@ -75,9 +77,7 @@ class Kernel:
         """Attach to a sandbox's gateway started elsewhere (another process, another
         host). Creates a new kernel there unless ``kernel_id`` names an existing one;
         a kernel created here is shut down by ``close()``."""
-        import time
-
-        if not isinstance(port, int) or not 0 < port < 65536:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise InvalidArgument(f"port must be an integer between 1 and 65535, got {port!r}")
         gateway = Gateway(host, port, token)
         try:
@@ -99,6 +99,8 @@ class Kernel:
             raise InvalidArgument(f"code must be a str, not {type(code).__name__}")
         if self._closed:
             raise SandboxClosed(f"kernel {self.id} is closed")
+        if self._needs_nudge:
+            self._nudge()
         msg = messages.execute_request(code, self._session)
         execution = Execution(self, msg, code)
         with self._lock:
@@ -135,14 +137,15 @@ class Kernel:
             self.gateway.restart_kernel(self.id)
         finally:
             self._restarting = False
-        self._fail_pending(KernelError(f"kernel {self.id} was restarted; its state is lost"), keep=_timed_out)
+            self._needs_nudge = True
+        self._fail_pending(lambda: KernelError(f"kernel {self.id} was restarted; its state is lost"), keep=_timed_out)
 
     def close(self) -> None:
         """Shut the kernel down and close its channel. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        self._fail_pending(SandboxClosed(f"kernel {self.id} was closed while the code ran"))
+        self._fail_pending(lambda: SandboxClosed(f"kernel {self.id} was closed while the code ran"))
         self._channel.close()
         if self._delete_on_close:
             try:
@@ -172,16 +175,41 @@ class Kernel:
         if self._closed:
             raise SandboxClosed(f"kernel {self.id} is closed")
 
+    def _nudge(self, timeout: float = 30.0) -> None:
+        """Wait until the gateway's iopub subscription reaches the (restarted) kernel.
+
+        After a restart the gateway's SUB socket reconnects to the new kernel process
+        on its own schedule, and iopub messages published before that are dropped
+        (ZeroMQ's slow joiner): an execution sent too early would lose its output and
+        its idle. Like jupyter_server's nudge on connect, send kernel_info requests
+        until one's iopub status comes back.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            probe = _IopubProbe()
+            msg = messages.new_message("kernel_info_request", {}, self._session)
+            msg_id = msg["header"]["msg_id"]
+            self._channel.register(msg_id, probe)
+            try:
+                self._channel.send(msg)
+                if probe.seen.wait(0.2):
+                    self._needs_nudge = False
+                    return
+            finally:
+                self._channel.unregister(msg_id)
+        raise KernelError(f"kernel {self.id} did not answer on iopub within {timeout:g} s after a restart")
+
     def _forget(self, execution: Execution) -> None:
         self._channel.unregister(execution.msg_id)
         with self._lock:
             self._pending.pop(execution.msg_id, None)
 
-    def _fail_pending(self, error: PyboxError, keep: Execution | None = None) -> None:
+    def _fail_pending(self, make_error: Callable[[], PyboxError], keep: Execution | None = None) -> None:
+        """End every pending execution with its own error (each carries its own result)."""
         with self._lock:
             pending = [e for e in self._pending.values() if e is not keep]
         for execution in pending:
-            execution.fail(error)
+            execution.fail(make_error())
 
     def _on_unrouted(self, msg: Message) -> None:
         # The gateway tells every client of a kernel that died and was restarted
@@ -190,19 +218,31 @@ class Kernel:
             return
         state = (msg.get("content") or {}).get("execution_state")
         if state in ("restarting", "dead"):
+            self._needs_nudge = True
             reason = (self._explain_death() if self._explain_death else None) or (
                 "the kernel process exited; the gateway restarted it and its state is lost"
                 if state == "restarting"
                 else "the kernel process exited and could not be restarted"
             )
-            self._fail_pending(KernelDied(reason))
+            self._fail_pending(lambda: KernelDied(reason))
 
     def _on_channel_closed(self, error: BaseException | None) -> None:
         if self._closed:
             return
         reason = self._explain_death() if self._explain_death else None
         if reason:
-            failure: PyboxError = KernelDied(reason)
+            self._fail_pending(lambda: KernelDied(reason))
         else:
-            failure = ChannelError(f"the websocket to kernel {self.id} closed: {error or 'closed by the gateway'}")
-        self._fail_pending(failure)
+            text = f"the websocket to kernel {self.id} closed: {error or 'closed by the gateway'}"
+            self._fail_pending(lambda: ChannelError(text))
+
+
+class _IopubProbe:
+    """Channel sink that notes the first iopub message for a nudge request."""
+
+    def __init__(self) -> None:
+        self.seen = threading.Event()
+
+    def deliver(self, msg: Message) -> None:
+        if msg.get("channel") == "iopub":
+            self.seen.set()

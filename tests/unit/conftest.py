@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeBackend, FakeBackendPlugin, FakeGateway, Rig, ScriptedChannel
 
 import pybox.plugins
-from fakes import FakeBackend, FakeBackendPlugin, FakeGateway, Rig, ScriptedChannel
-from pybox.plugins import Plugins
 from pybox.kernel import Kernel
-
+from pybox.plugins import Plugins
 
 HERE = Path(__file__).parent
 

@@ -1,4 +1,5 @@
-"""Fakes shared by the unit tests (the fixtures using them are in conftest.py): a scripted kernel channel and a fake gateway.
+"""Fakes shared by the unit tests: a scripted kernel channel, a fake gateway, a fake
+backend (the fixtures using them are in conftest.py).
 
 No container engine, no network. A test builds a :class:`Rig` (a real ``Kernel``
 wired to a :class:`ScriptedChannel` and a :class:`FakeGateway`), queues one script
@@ -13,14 +14,15 @@ A script is a list of steps:
 * ``Delay(seconds)``, ``WaitFor(event)``, ``Set(event)``: timing, deterministic with events.
 * ``Unrouted(msg)``: hand ``msg`` to the kernel's ``on_unrouted`` (status ``restarting``).
 * ``Close(error)``: the websocket ends: ``on_closed(error)`` and the channel is closed.
-* ``Call(fn)``: run ``fn()`` in the player thread.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import queue
+import struct
 import threading
 import time
 import uuid
@@ -120,6 +122,16 @@ def interrupted_run() -> list[Any]:
     ]
 
 
+def binary_frame(message: dict[str, Any], buffers: list[bytes]) -> bytes:
+    """The gateway's binary framing, built by hand: uint32 count (JSON + buffers),
+    uint32 offsets of each part, the JSON, then the raw buffers."""
+    parts = [json.dumps(message).encode("utf-8"), *buffers]
+    offsets = [4 * (1 + len(parts))]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + len(part))
+    return struct.pack(f"!{1 + len(parts)}I", len(parts), *offsets) + b"".join(parts)
+
+
 def png_base64(size: tuple[int, int] = (7, 5), color: str = "red") -> str:
     from PIL import Image
 
@@ -154,11 +166,6 @@ class Unrouted:
 @dataclass(frozen=True)
 class Close:
     error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class Call:
-    fn: Callable[[], None]
 
 
 _CLOSE = object()
@@ -260,8 +267,6 @@ class ScriptedChannel:
                         return
             elif isinstance(step, Set):
                 step.event.set()
-            elif isinstance(step, Call):
-                step.fn()
             elif isinstance(step, Unrouted):
                 self._inbox.put(("unrouted", step.msg))
             elif isinstance(step, Close):

@@ -7,12 +7,11 @@ import threading
 
 import pytest
 import websocket
+from fakes import binary_frame, idle, stdout
 
-from fakes import idle, stdout
 from pybox import ChannelError
 from pybox.kernel import messages
 from pybox.kernel.channel import KernelChannel
-from test_messages import binary_frame
 
 TEXT, BINARY, CLOSE = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY, websocket.ABNF.OPCODE_CLOSE
 

@@ -5,18 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from pybox import (
-    DisplayData,
-    ErrorOutput,
-    ExecuteResult,
-    ExecutionError,
-    Result,
-    Stderr,
-    Stdout,
-)
 from fakes import (
-    PARENT,
+    Delay,
     Set,
     WaitFor,
     busy,
@@ -33,10 +23,21 @@ from fakes import (
     stdout,
 )
 
+from pybox import (
+    DisplayData,
+    ErrorOutput,
+    ExecuteResult,
+    ExecutionError,
+    Result,
+    Stderr,
+    Stdout,
+)
+
 ANSI_TB = [
     "\x1b[0;31m---------------------------------------------------------------------------\x1b[0m",
     "\x1b[0;31mValueError\x1b[0m                                Traceback (most recent call last)",
-    "Cell \x1b[0;32mIn[3], line 2\x1b[0m\n\x1b[1;32m----> 2\x1b[0m \x1b[38;5;28;01mraise\x1b[39;00m ValueError(\x1b[38;5;124m\"bad\"\x1b[39m)",
+    "Cell \x1b[0;32mIn[3], line 2\x1b[0m\n"
+    "\x1b[1;32m----> 2\x1b[0m \x1b[38;5;28;01mraise\x1b[39;00m ValueError(\x1b[38;5;124m\"bad\"\x1b[39m)",
     "\x1b[0;31mValueError\x1b[0m: bad",
 ]
 
@@ -49,6 +50,7 @@ def test_stream_after_execute_reply_is_collected(rig):
         busy(), execute_input("print('a'); print('b')", 4),
         stdout("a\n"),
         reply("ok", 4),
+        Delay(0.05),
         stdout("b\n"),          # ipykernel 7 sends stream output after the reply
         stderr("warn\n"),
         idle(),

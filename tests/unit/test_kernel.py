@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-
 from fakes import (
     Close,
     Set,
@@ -16,11 +15,13 @@ from fakes import (
     busy,
     error,
     idle,
+    interrupted_run,
     ok_run,
     reply,
     status,
     stdout,
 )
+
 from pybox import (
     ChannelError,
     ExecutionError,
@@ -34,6 +35,16 @@ from pybox import (
 
 #: Scheduling slack allowed on top of timeout + grace (generous for slow CI machines).
 SLACK = 1.0
+
+
+def wait_until(condition, limit: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``limit`` seconds pass (False)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def hanging_script(started: threading.Event, *outputs):
@@ -57,6 +68,7 @@ def test_timeout_interrupts_a_kernel_that_honours_sigint(make_rig):
     err = info.value
     assert isinstance(err, TimeoutError)
     assert err.timeout == 0.3
+    assert err.started is True
     assert err.interrupted is True
     assert err.restarted is False
     assert err.result.stdout == "partial\n"
@@ -79,6 +91,7 @@ def test_timeout_restarts_a_kernel_that_ignores_sigint(make_rig):
 
     err = info.value
     assert isinstance(err, TimeoutError) and isinstance(err, PyboxError)
+    assert err.started is True
     assert err.interrupted is True
     assert err.restarted is True
     assert "restarted" in str(err)
@@ -103,14 +116,27 @@ def test_restart_after_timeout_fails_other_pending_executions(make_rig):
         queued.result(timeout=5)
 
 
-def test_timeout_before_the_code_starts_leaves_the_kernel_alone(rig):
-    rig.add_script(WaitFor(threading.Event()))  # the kernel is busy with someone else
+def test_timeout_before_the_code_starts_interrupts_it_when_it_starts(rig):
+    go = threading.Event()
+    rig.add_script(WaitFor(go), busy(), stdout("too late"), WaitFor(threading.Event()))  # kernel busy elsewhere
+    interrupted = threading.Event()
+    rig.react_to_interrupt(*interrupted_run(), Set(interrupted))
+
+    execution = rig.kernel.submit("x")
+    t0 = time.monotonic()
     with pytest.raises(ExecutionTimeout) as info:
-        rig.kernel.run("x", timeout=0.2)
-    assert info.value.interrupted is False
-    assert info.value.restarted is False
-    assert "left running" in str(info.value)
-    assert rig.gateway.calls == []
+        execution.result(timeout=0.2)
+    assert time.monotonic() - t0 < 0.2 + SLACK
+    err = info.value
+    assert (err.started, err.interrupted, err.restarted) == (False, False, False)
+    assert "had not started" in str(err)
+    assert rig.gateway.calls == []  # nothing to interrupt yet: the kernel runs other code
+
+    go.set()  # now it starts: it is interrupted at once, and its route goes at its idle
+    assert interrupted.wait(5)
+    assert rig.gateway.calls == [("interrupt", rig.kernel.id)]
+    assert wait_until(lambda: rig.channel.routes == [])
+    assert execution.done
 
 
 def test_no_timeout_waits_for_the_end(rig):
@@ -127,7 +153,7 @@ def test_kernel_restarting_status_fails_the_execution_quickly(rig):
                    Unrouted(status("restarting", parent=None)))
     t0 = time.monotonic()
     with pytest.raises(KernelDied) as info:
-        rig.kernel.run("import os; os._exit(1)", timeout=10)
+        rig.kernel.run("import os; os._exit(1)", timeout=3)
     assert time.monotonic() - t0 < 2.0  # not at the timeout
     assert "restarted" in info.value.reason
     assert info.value.result is not None
@@ -137,14 +163,14 @@ def test_kernel_restarting_status_fails_the_execution_quickly(rig):
 def test_kernel_dead_status_fails_the_execution(rig):
     rig.add_script(busy(), Unrouted(status("dead", parent=None)))
     with pytest.raises(KernelDied, match="could not be restarted"):
-        rig.kernel.run("x", timeout=10)
+        rig.kernel.run("x", timeout=3)
 
 
 def test_kernel_death_reason_comes_from_explain_death(make_rig):
     rig = make_rig(explain_death=lambda: "the sandbox container stopped: OOMKilled")
     rig.add_script(busy(), Unrouted(status("restarting", parent=None)))
     with pytest.raises(KernelDied) as info:
-        rig.kernel.run("x", timeout=10)
+        rig.kernel.run("x", timeout=3)
     assert info.value.reason == "the sandbox container stopped: OOMKilled"
     assert "OOMKilled" in str(info.value)
 
@@ -158,7 +184,7 @@ def test_other_unrouted_status_does_not_fail_the_execution(rig):
 def test_channel_closed_is_a_channel_error(rig):
     rig.add_script(busy(), stdout("partial"), Close(OSError("connection reset by peer")))
     with pytest.raises(ChannelError) as info:
-        rig.kernel.run("x", timeout=10)
+        rig.kernel.run("x", timeout=3)
     assert "connection reset by peer" in str(info.value)
     assert rig.kernel.id in str(info.value)
 
@@ -168,16 +194,11 @@ def test_channel_closed_with_dead_container_is_kernel_died(make_rig):
     rig.add_script(busy(), Close(None))
     t0 = time.monotonic()
     with pytest.raises(KernelDied) as info:
-        rig.kernel.run("x", timeout=10)
+        rig.kernel.run("x", timeout=3)
     assert time.monotonic() - t0 < 2.0
     assert "exit code 137" in info.value.reason
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: pybox/kernel/kernel.py _fail_pending / _on_unrouted / _on_channel_closed give the "
-    "SAME exception instance to every pending execution, and pybox/execution.py "
-    "Execution._handle sets error.result only when it is None; so the second execution's "
-    "KernelDied.result is the first execution's Result (its outputs), not its own"))
 def test_kernel_death_gives_each_pending_execution_its_own_result(rig):
     both_submitted = threading.Event()
     rig.add_script(WaitFor(both_submitted), busy(), stdout("first's output\n"),

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import struct
 
 import pytest
+from fakes import binary_frame, display, error, execute_result, msg, png_base64, status, stderr, stdout
 
-from fakes import display, error, execute_result, msg, png_base64, status, stderr, stdout
 from pybox import DisplayData, ErrorOutput, ExecuteResult, ExecutionError, Result, Stderr, Stdout
 from pybox.errors import strip_ansi
 from pybox.kernel import messages
-
-
-def binary_frame(message: dict, buffers: list[bytes]) -> bytes:
-    """The gateway's binary framing, built by hand: uint32 count (JSON + buffers),
-    uint32 offsets of each part, the JSON, then the raw buffers."""
-    parts = [json.dumps(message).encode("utf-8"), *buffers]
-    offsets = [4 * (1 + len(parts))]
-    for part in parts[:-1]:
-        offsets.append(offsets[-1] + len(part))
-    return struct.pack(f"!{1 + len(parts)}I", len(parts), *offsets) + b"".join(parts)
 
 
 def test_decode_binary_frame_with_buffers():
