@@ -23,6 +23,7 @@ from pybox.errors import (
     PyboxError,
     SandboxClosed,
     StartupTimeout,
+    UnsafeArchive,
     UnsupportedOperation,
 )
 from pybox.execution import Execution
@@ -61,6 +62,7 @@ __all__ = [
     "StartupTimeout",
     "Stderr",
     "Stdout",
+    "UnsafeArchive",
     "UnsupportedOperation",
     "hookimpl",
 ]

@@ -30,6 +30,11 @@ class InvalidArgument(PyboxError, ValueError, TypeError):
     timeout...). Also a ValueError and a TypeError, as Python's own checks would be."""
 
 
+class UnsafeArchive(PyboxError):
+    """A downloaded archive member would land outside the target (absolute name,
+    ``..``, a link pointing out, a device): nothing of it is written."""
+
+
 class SandboxClosed(PyboxError):
     """The sandbox or kernel was used after ``stop()`` / ``close()``."""
 

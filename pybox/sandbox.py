@@ -268,6 +268,37 @@ class Sandbox:
     def restart(self) -> None:
         self.default_kernel.restart()
 
+    # -- files -----------------------------------------------------------------------
+
+    def upload(self, local: str | os.PathLike[str], remote: str) -> None:
+        """Copy a local file or directory to ``remote`` in the sandbox (relative paths
+        are under /app; parents are created; owned by the sandbox user). Streamed."""
+        from pybox.files import check_local_source, upload_stream
+
+        source = check_local_source(local)
+        target = container_path(remote, "upload target")
+        if target == WORKDIR:
+            raise InvalidArgument("upload target must name a file or directory under /app, not /app itself")
+        backend, container = self._started_container()
+        backend.put_archive(container, "/", upload_stream(source, target))
+
+    def download(self, remote: str, local: str | os.PathLike[str]) -> None:
+        """Copy ``remote`` (file or directory; relative paths are under /app) from the
+        sandbox to ``local``. Streamed; members that would land outside ``local`` are
+        refused."""
+        from pybox.files import extract_stream
+
+        source = container_path(remote, "download source")
+        if not isinstance(local, (str, os.PathLike)) or not str(local).strip():
+            raise InvalidArgument(f"local path must be a non-empty path, got {local!r}")
+        backend, container = self._started_container()
+        extract_stream(backend.get_archive(container, source), source, Path(local))
+
+    def _started_container(self) -> tuple[Backend, str]:
+        self._started_gateway()
+        assert self._backend is not None and self.id is not None
+        return self._backend, self.id
+
     def _explain_death(self) -> str | None:
         """Why the container is gone, when it is (asked when a kernel channel closes)."""
         if self._closed or self._backend is None or self.id is None:
