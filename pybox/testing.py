@@ -1,0 +1,180 @@
+"""The backend contract kit: one pytest suite every pybox backend must pass.
+
+A backend's distribution proves itself with three lines (pytest collects the
+inherited tests)::
+
+    from pybox.testing import BackendContract
+
+    class TestMyBackend(BackendContract):
+        backend = "mybackend"          # the name the plugin registers
+        image = "pybox:latest"         # a sandbox image the engine has (pybox build)
+
+Every first-party backend runs it too (``tests/integration/test_contract.py``). It
+needs the engine running and the image built; it starts a few containers and
+removes them all.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pytest
+
+import pybox
+from pybox.backend import LABEL, Backend, ContainerSpec
+from pybox.errors import BackendError, ImageNotFound, PyboxError
+from pybox.plugins import get_plugins
+
+
+class BackendContract:
+    """Inherit in a class named ``Test...`` and set ``backend`` (and ``image``)."""
+
+    backend: ClassVar[str] = ""
+    image: ClassVar[str] = pybox.DEFAULT_IMAGE
+    #: Seconds a started sandbox may take to answer its first run.
+    startup_timeout: ClassVar[float] = 60.0
+
+    # -- fixtures (static: a class-scoped fixture must not be an instance method) --------
+
+    @pytest.fixture(scope="class")
+    @staticmethod
+    def sandbox(request: pytest.FixtureRequest) -> Iterator[pybox.Sandbox]:
+        """One sandbox shared by a contract class's tests."""
+        cls = request.cls
+        with pybox.Sandbox(image=cls.image, backend=cls.backend, startup_timeout=cls.startup_timeout) as sb:
+            yield sb
+
+    @pytest.fixture
+    @staticmethod
+    def engine(request: pytest.FixtureRequest) -> Iterator[Backend]:
+        """A Backend instance of the class's backend, closed afterwards."""
+        instance = get_plugins().backend(request.cls.backend)()
+        yield instance
+        instance.close()
+
+    # -- registration --------------------------------------------------------------
+
+    def test_backend_is_registered_through_the_plugin_system(self) -> None:
+        assert self.backend, "set `backend` to the name your plugin registers"
+        info = get_plugins().backends()[self.backend]
+        assert issubclass(info.cls, Backend)
+        assert info.cls.name == self.backend
+
+    def test_engine_answers_a_ping(self, engine: Backend) -> None:
+        engine.ping()
+
+    def test_image_exists(self, engine: Backend) -> None:
+        assert engine.image_exists(self.image), f"build {self.image} first (pybox build --backend {self.backend})"
+        assert not engine.image_exists("pybox-contract-no-such-image:0")
+
+    # -- the sandbox through this backend -------------------------------------------
+
+    def test_run_keeps_state(self, sandbox: pybox.Sandbox) -> None:
+        assert sandbox.run("print('contract')").text == "contract"
+        sandbox.run("kept = 7")
+        assert sandbox.run("kept * 6").text == "42"
+
+    def test_streaming_is_incremental(self, sandbox: pybox.Sandbox) -> None:
+        arrivals = []
+        for chunk in sandbox.submit("import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.4)"
+                                    ).stream(timeout=30):
+            arrivals.append(time.monotonic())
+            assert chunk
+        assert len(arrivals) >= 3 and arrivals[-1] - arrivals[0] > 0.6
+
+    def test_plot_comes_back_as_image(self, sandbox: pybox.Sandbox) -> None:
+        result = sandbox.run("import matplotlib.pyplot as plt\nplt.plot([1, 2], [2, 1])\nplt.show()")
+        assert len(result.images) == 1 and result.images[0].size[0] > 100
+
+    def test_timeout_interrupts_and_keeps_state(self, sandbox: pybox.Sandbox) -> None:
+        sandbox.run("survivor = 'yes'")
+        with pytest.raises(pybox.ExecutionTimeout) as info:
+            sandbox.run("import time\ntime.sleep(60)", timeout=1)
+        assert info.value.interrupted and not info.value.restarted
+        assert sandbox.run("print(survivor)").text == "yes"
+
+    def test_kernel_death_is_seen_quickly(self, sandbox: pybox.Sandbox) -> None:
+        with sandbox.kernel() as kernel:
+            started = time.monotonic()
+            with pytest.raises(pybox.KernelDied):
+                kernel.run("import os\nos._exit(1)", timeout=60)
+            assert time.monotonic() - started < 5
+            assert kernel.run("print('again')", timeout=60).text == "again"
+
+    def test_upload_and_download(self, sandbox: pybox.Sandbox, tmp_path) -> None:  # type: ignore[no-untyped-def]
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "data.txt").write_text("through the archive API")
+        sandbox.upload(tmp_path / "in", "contract/in")
+        assert sandbox.run("print(open('contract/in/data.txt').read())").text == "through the archive API"
+        sandbox.run("open('contract/out.txt', 'w').write('back')")
+        sandbox.download("contract/out.txt", tmp_path / "out.txt")
+        assert (tmp_path / "out.txt").read_text() == "back"
+
+    def test_container_carries_labels_and_is_listed(self, sandbox: pybox.Sandbox, engine: Backend) -> None:
+        from pybox.sandbox import _SESSION
+
+        assert sandbox.id in engine.list_containers({LABEL: "1", f"{LABEL}.session": _SESSION})
+        assert sandbox.id not in engine.list_containers({f"{LABEL}.session": "no-such-session"})
+
+    def test_running_container_is_reported_running(self, sandbox: pybox.Sandbox, engine: Backend) -> None:
+        assert sandbox.id is not None
+        state = engine.inspect(sandbox.id)
+        assert state.running and not state.oom_killed
+        assert isinstance(engine.logs(sandbox.id, tail=5), str)
+
+    # -- lifecycle through the Backend API -------------------------------------------
+
+    def test_start_stop_remove_is_idempotent(self, engine: Backend) -> None:
+        spec = ContainerSpec(image=self.image, env={"KG_AUTH_TOKEN": "contract"},
+                             labels={LABEL: "1", f"{LABEL}.contract": "1"})
+        container = engine.start(spec)
+        try:
+            endpoint = engine.endpoint(container, spec)
+            assert 0 < endpoint.port < 65536 and endpoint.host
+            assert engine.inspect(container).running
+        finally:
+            engine.remove(container)
+        engine.remove(container)  # twice is fine
+        assert engine.inspect(container).status == "removed"
+        assert container not in engine.list_containers({f"{LABEL}.contract": "1"})
+
+    def test_sandbox_stop_removes_the_container(self, engine: Backend) -> None:
+        sandbox = pybox.Sandbox(image=self.image, backend=self.backend).start()
+        container = sandbox.id
+        assert container is not None
+        sandbox.stop()
+        sandbox.stop()
+        assert engine.inspect(container).status == "removed"
+
+    def test_concurrent_sandboxes_are_independent(self) -> None:
+        results: dict[int, str] = {}
+
+        def work(n: int) -> None:
+            with pybox.Sandbox(image=self.image, backend=self.backend) as sb:
+                results[n] = sb.run(f"print({n} * 2)").text
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert results == {1: "2", 2: "4"}
+
+    # -- errors ------------------------------------------------------------------------
+
+    def test_missing_image_raises_image_not_found(self) -> None:
+        with pytest.raises(ImageNotFound) as info:
+            pybox.Sandbox(image="pybox-contract-no-such-image:0", backend=self.backend).start()
+        assert "pybox-contract-no-such-image:0" in str(info.value)
+        assert info.value.__cause__ is not None, "chain the SDK's error: raise ... from exc"
+
+    def test_engine_errors_are_pybox_errors_with_the_sdk_error_chained(self, sandbox: pybox.Sandbox,
+                                                                        engine: Backend) -> None:
+        assert sandbox.id is not None
+        with pytest.raises(BackendError) as info:
+            list(engine.get_archive(sandbox.id, "/app/contract-no-such-file"))
+        assert info.value.__cause__ is not None
+        assert not isinstance(info.value.__cause__, PyboxError)
