@@ -23,9 +23,11 @@ SANDBOX_GID = 1000
 CHUNK = 1 << 20
 
 
-def upload_stream(local: Path, remote: str) -> Iterator[bytes]:
-    """A tar stream that, extracted at ``/``, puts ``local`` (file or directory) at the
-    absolute sandbox path ``remote``, parents included, owned by the sandbox user."""
+def upload_stream(local: Path, relative: str) -> Iterator[bytes]:
+    """A tar stream that, extracted in the sandbox's /app, puts ``local`` (file or
+    directory) at ``relative`` (a path under /app), parents included, owned by the
+    sandbox user. Extracting in /app, not /, keeps uploads working where /app is the
+    only writable place (a volume on a read-only root filesystem)."""
     read_fd, write_fd = os.pipe()
     errors: list[BaseException] = []
 
@@ -34,10 +36,8 @@ def upload_stream(local: Path, remote: str) -> Iterator[bytes]:
             with os.fdopen(write_fd, "wb", buffering=CHUNK) as sink, tarfile.open(
                 fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT
             ) as tar:
-                parts = PurePosixPath(remote).parts[1:]
-                for depth in range(1, len(parts)):  # parents under /app, e.g. app/out
-                    if depth == 1 and parts[0] == "app":
-                        continue  # /app itself exists; leave its owner and mode alone
+                parts = PurePosixPath(relative).parts
+                for depth in range(1, len(parts)):  # the parents, e.g. out/ for out/file
                     tar.addfile(_dir_info("/".join(parts[:depth])))
                 _add(tar, local, "/".join(parts))
         except BaseException as exc:  # reported to the reading side

@@ -280,7 +280,7 @@ class Sandbox:
         if target == WORKDIR:
             raise InvalidArgument("upload target must name a file or directory under /app, not /app itself")
         backend, container = self._started_container()
-        backend.put_archive(container, "/", upload_stream(source, target))
+        backend.put_archive(container, WORKDIR, upload_stream(source, target[len(WORKDIR) + 1 :]))
 
     def download(self, remote: str, local: str | os.PathLike[str]) -> None:
         """Copy ``remote`` (file or directory; relative paths are under /app) from the

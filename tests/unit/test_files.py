@@ -40,22 +40,21 @@ def link_info(name, target, kind=tarfile.SYMTYPE):
     return info
 
 
-def test_upload_stream_places_a_directory_at_the_remote_path(tmp_path):
+def test_upload_stream_places_a_directory_at_the_path_under_app(tmp_path):
     (tmp_path / "src" / "sub").mkdir(parents=True)
     (tmp_path / "src" / "a.txt").write_text("A")
     (tmp_path / "src" / "sub" / "b.bin").write_bytes(os.urandom(300_000))
-    data = b"".join(upload_stream(tmp_path / "src", "/app/in/dir"))
+    data = b"".join(upload_stream(tmp_path / "src", "in/dir"))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: m for m in tar.getmembers()}
-        assert "app" not in members  # /app itself is left alone
-        assert members["app/in"].isdir()
-        assert members["app/in/dir/a.txt"].uid == 1000
-        assert tar.extractfile("app/in/dir/sub/b.bin").read() == (tmp_path / "src" / "sub" / "b.bin").read_bytes()
+        assert members["in"].isdir()
+        assert members["in/dir/a.txt"].uid == 1000
+        assert tar.extractfile("in/dir/sub/b.bin").read() == (tmp_path / "src" / "sub" / "b.bin").read_bytes()
 
 
 def test_upload_stream_is_streamed_in_chunks(tmp_path):
     (tmp_path / "big").write_bytes(os.urandom(5 * 1024 * 1024))
-    sizes = [len(c) for c in upload_stream(tmp_path / "big", "/app/big")]
+    sizes = [len(c) for c in upload_stream(tmp_path / "big", "big")]
     assert len(sizes) > 3 and max(sizes) <= 1 << 20
 
 
