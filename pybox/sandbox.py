@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pybox.backend import LABEL, WORKDIR, Backend, Bind, ContainerSpec, Limits
 from pybox.errors import (
+    ChannelError,
     InvalidArgument,
     PyboxError,
     SandboxClosed,
@@ -247,7 +248,12 @@ class Sandbox:
         gateway = self._started_gateway()
         deadline = time.monotonic() + PRESPAWN_WAIT
         while True:
-            kernels = gateway.list_kernels()
+            try:
+                kernels = gateway.list_kernels()
+            except ChannelError:
+                # The gateway answers 500 while the prespawned kernel is half made
+                # (jupyter_server reads its last_activity before it is set): retry.
+                kernels = []
             if kernels:
                 return kernels[0]["id"]
             if time.monotonic() >= deadline:

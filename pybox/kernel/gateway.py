@@ -44,7 +44,7 @@ class Gateway:
         if response.status_code >= 400:
             raise ChannelError(
                 f"kernel gateway at {self.base_url}: {method} {path} failed with "
-                f"{response.status_code}: {response.text[:500]}"
+                f"{response.status_code}: {response.text[-2000:]}"
             )
         if response.status_code == 204 or not response.content:
             return None

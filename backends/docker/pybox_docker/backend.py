@@ -60,28 +60,34 @@ class DockerBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------
 
+    def host_config_options(self, spec: ContainerSpec) -> dict:
+        """Keyword arguments of docker-py's ``create_host_config``; subclasses extend them."""
+        return {
+            "port_bindings": {spec.gateway_port: (spec.host_ip, spec.host_port)},
+            "binds": {b.host: {"bind": b.container, "mode": "ro" if b.read_only else "rw"} for b in spec.binds},
+            "mem_limit": spec.limits.memory,
+            "nano_cpus": int(spec.limits.cpus * 1e9) if spec.limits.cpus else None,
+            "pids_limit": spec.limits.pids,
+        }
+
+    def container_options(self, spec: ContainerSpec) -> dict:
+        """Keyword arguments of docker-py's ``create_container`` (but the host config);
+        subclasses extend them."""
+        return {
+            "command": spec.command,
+            "environment": [f"{k}={v}" for k, v in spec.env.items()],
+            "labels": spec.labels,
+            "ports": [f"{spec.gateway_port}/tcp"],
+            "name": spec.name,
+            "detach": True,
+        }
+
     def start(self, spec: ContainerSpec) -> str:
         api = self.api
-        port_key = f"{spec.gateway_port}/tcp"
         with self._errors("create the sandbox container"):
-            host_config = api.create_host_config(
-                port_bindings={spec.gateway_port: (spec.host_ip, spec.host_port)},
-                binds={b.host: {"bind": b.container, "mode": "ro" if b.read_only else "rw"} for b in spec.binds},
-                mem_limit=spec.limits.memory,
-                nano_cpus=int(spec.limits.cpus * 1e9) if spec.limits.cpus else None,
-                pids_limit=spec.limits.pids,
-            )
+            host_config = api.create_host_config(**self.host_config_options(spec))
             try:
-                created = api.create_container(
-                    spec.image,
-                    command=spec.command,
-                    environment=[f"{k}={v}" for k, v in spec.env.items()],
-                    labels=spec.labels,
-                    ports=[port_key],
-                    host_config=host_config,
-                    name=spec.name,
-                    detach=True,
-                )
+                created = api.create_container(spec.image, host_config=host_config, **self.container_options(spec))
             except docker.errors.ImageNotFound as exc:
                 raise ImageNotFound(spec.image) from exc
             except docker.errors.APIError as exc:
