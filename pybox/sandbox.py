@@ -62,7 +62,9 @@ class Sandbox:
     ``binds`` maps host paths (relative to the current directory, or absolute) to
     container paths (relative to /app, or absolute under /app). ``env`` is passed to
     the container. ``port`` fixes the host port of the gateway (default: the engine
-    picks a free one). Use as a context manager, or ``start()`` / ``stop()``.
+    picks a free one). ``startup_code`` runs in every new kernel and after every
+    restart (e.g. ``"%load_ext autoreload\n%autoreload 2"``). Use as a context
+    manager, or ``start()`` / ``stop()``.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Sandbox:
         port: int | None = None,
         startup_timeout: float = 60.0,
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+        startup_code: str | None = None,
     ):
         self.image = _check_image(DEFAULT_IMAGE if image is None else image)
         self.backend_name = resolve_backend_name(backend)
@@ -92,6 +95,9 @@ class Sandbox:
             raise InvalidArgument(f"startup_timeout must be a positive number, got {startup_timeout!r}")
         self.startup_timeout = float(startup_timeout)
         self.interrupt_grace = interrupt_grace
+        if startup_code is not None and not isinstance(startup_code, str):
+            raise InvalidArgument(f"startup_code must be a str, not {type(startup_code).__name__}")
+        self.startup_code = startup_code
         self.token = secrets.token_urlsafe(32)
         self.id: str | None = None
         self._backend: Backend | None = None
@@ -227,7 +233,7 @@ class Sandbox:
 
     def _open_kernel(self, kernel_id: str) -> Kernel:
         kernel = Kernel(self._started_gateway(), kernel_id, interrupt_grace=self.interrupt_grace,
-                        explain_death=self._explain_death)
+                        explain_death=self._explain_death, startup_code=self.startup_code)
         self._kernels.append(kernel)
         return kernel
 
@@ -267,6 +273,11 @@ class Sandbox:
     def submit(self, code: str) -> Execution:
         """Send ``code`` to the default kernel; returns its Execution at once."""
         return self.default_kernel.submit(code)
+
+    def module_sources(self, names: list[str]) -> dict[str, str]:
+        """The source code of modules importable in the sandbox, by name (as ipybox's
+        ``get_module_sources``; freeact shows skills to a model this way)."""
+        return self.default_kernel.module_sources(names)
 
     def interrupt(self) -> None:
         self.default_kernel.interrupt()

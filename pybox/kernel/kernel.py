@@ -37,6 +37,8 @@ class Kernel:
     a context manager; ``close()`` shuts the kernel down (when this object created it).
     ``explain_death`` is asked why the channel closed (the sandbox asks its engine).
     ``channel_factory`` makes the channel (tests pass one that plays scripted messages).
+    ``startup_code`` runs in the kernel now and again after every restart (e.g.
+    ``%load_ext autoreload``); if it raises, KernelError says so.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Kernel:
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
         explain_death: Callable[[], str | None] | None = None,
         channel_factory: Callable[..., KernelChannel] = KernelChannel,
+        startup_code: str | None = None,
     ):
         self.id = kernel_id
         self.gateway = gateway
@@ -69,6 +72,15 @@ class Kernel:
             on_closed=self._on_channel_closed,
             name=f"pybox-kernel-{kernel_id[:8]}",
         )
+        if startup_code is not None and not isinstance(startup_code, str):
+            self._channel.close()
+            raise InvalidArgument(f"startup_code must be a str, not {type(startup_code).__name__}")
+        self.startup_code = startup_code
+        try:
+            self._run_startup_code()
+        except BaseException:
+            self._channel.close()
+            raise
 
     @classmethod
     def connect(
@@ -93,15 +105,23 @@ class Kernel:
 
     def submit(self, code: str) -> Execution:
         """Send ``code`` for execution and return its Execution at once."""
-        from pybox.execution import Execution
-
         if not isinstance(code, str):
             raise InvalidArgument(f"code must be a str, not {type(code).__name__}")
+        self._prepare()
+        return self._send(code)
+
+    def _prepare(self) -> None:
+        """Before sending: the kernel is open and, after a restart, reachable and set up."""
         if self._closed:
             raise SandboxClosed(f"kernel {self.id} is closed")
         if self._needs_nudge:
             self._nudge()
-        msg = messages.execute_request(code, self._session)
+            self._run_startup_code()
+
+    def _send(self, code: str, store_history: bool = True) -> Execution:
+        from pybox.execution import Execution
+
+        msg = messages.execute_request(code, self._session, store_history=store_history)
         execution = Execution(self, msg, code)
         with self._lock:
             self._pending[execution.msg_id] = execution
@@ -175,6 +195,34 @@ class Kernel:
         if self._closed:
             raise SandboxClosed(f"kernel {self.id} is closed")
 
+    def module_sources(self, names: list[str], timeout: float | None = 60.0) -> dict[str, str]:
+        """The source code of modules importable in the kernel, by module name (a
+        package gives its ``__init__``). Unknown modules raise ExecutionError
+        (ModuleNotFoundError); modules without Python source (built-ins, C
+        extensions) raise InvalidArgument."""
+        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+            raise InvalidArgument(f"names must be a list of module names, got {names!r}")
+        code = _MODULE_SOURCES_CODE.replace("NAMES", repr(list(names)))
+        self._prepare()
+        result = self._send(code, store_history=False).result(timeout=timeout)
+        import json
+
+        sources: dict[str, str | None] = json.loads(result.stdout)
+        missing = [name for name, text in sources.items() if text is None]
+        if missing:
+            raise InvalidArgument(f"no Python source for module(s) {', '.join(missing)} in the sandbox")
+        return {name: text for name, text in sources.items() if text is not None}
+
+    def _run_startup_code(self, timeout: float = 120.0) -> None:
+        from pybox.errors import ExecutionError
+
+        if not self.startup_code:
+            return
+        try:
+            self._send(self.startup_code, store_history=False).result(timeout=timeout)
+        except ExecutionError as exc:
+            raise KernelError(f"the kernel start-up code failed: {exc.ename}: {exc.evalue}") from exc
+
     def _nudge(self, timeout: float = 30.0) -> None:
         """Wait until the gateway's iopub subscription reaches the (restarted) kernel.
 
@@ -235,6 +283,29 @@ class Kernel:
         else:
             text = f"the websocket to kernel {self.id} closed: {error or 'closed by the gateway'}"
             self._fail_pending(lambda: ChannelError(text))
+
+
+# Runs in the user's kernel: leaves no names behind and no history entry.
+_MODULE_SOURCES_CODE = """\
+def __pybox_module_sources(names):
+    import importlib.util, json
+    found = {}
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        origin = spec.origin if spec.has_location else None
+        text = None
+        if origin and origin.endswith(".py"):
+            with open(origin, encoding="utf-8") as handle:
+                text = handle.read()
+        found[name] = text
+    print(json.dumps(found))
+try:
+    __pybox_module_sources(NAMES)
+finally:
+    del __pybox_module_sources
+"""
 
 
 class _IopubProbe:
