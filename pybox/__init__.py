@@ -31,6 +31,7 @@ from pybox.hookspecs import hookimpl
 from pybox.kernel import Kernel
 from pybox.outputs import DisplayData, ErrorOutput, ExecuteResult, Output, Result, Stderr, Stdout
 from pybox.sandbox import DEFAULT_IMAGE, Sandbox
+from pybox.workspace import CodeExecutor, ExecutionEnvironment, ExecutionLog, Workspace, execution_environment
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -39,12 +40,15 @@ __all__ = [
     "BackendNotFound",
     "BackendUnavailable",
     "ChannelError",
+    "CodeExecutor",
     "ContainerSpec",
     "ContainerState",
     "DisplayData",
     "Endpoint",
     "ErrorOutput",
     "ExecuteResult",
+    "ExecutionEnvironment",
+    "ExecutionLog",
     "Execution",
     "ExecutionError",
     "ExecutionTimeout",
@@ -64,5 +68,7 @@ __all__ = [
     "Stdout",
     "UnsafeArchive",
     "UnsupportedOperation",
+    "Workspace",
+    "execution_environment",
     "hookimpl",
 ]

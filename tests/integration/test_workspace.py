@@ -1,0 +1,42 @@
+"""freeact's execution environment: workspace, per-key executor, log, .env."""
+
+import json
+
+import pytest
+
+import pybox
+
+from .conftest import BACKEND, IMAGE
+
+pytestmark = pytest.mark.skipif(BACKEND == "docker-remote", reason="host bind mounts need a local engine")
+
+
+def test_execution_environment(tmp_path):
+    (tmp_path / ".env").write_text('API_KEY="from dotenv"\n')
+    with pybox.execution_environment(tmp_path / "ws", key="alice", image=IMAGE, backend=BACKEND,
+                                     env_file=tmp_path / ".env", env={"EXTRA": "1"}) as (sandbox, kernel, log):
+        assert isinstance(sandbox, pybox.Sandbox)
+        result = kernel.run("import os\nprint(os.getcwd(), os.environ['API_KEY'], os.environ['EXTRA'])")
+        assert result.text == "/app/skills/private/alice from dotenv 1"
+
+        kernel.run("open('/app/skills/shared/helpers.py', 'w').write('def twice(x):\\n    return 2 * x\\n')")
+        assert kernel.run("import helpers\nprint(helpers.twice(21))").text == "42"
+        kernel.run("open('mine.py', 'w').write('NAME = 1\\n')")  # the private skills dir is the cwd
+        assert (tmp_path / "ws" / "skills" / "private" / "alice" / "mine.py").read_text() == "NAME = 1\n"
+        kernel.run("open('/app/skills/shared/helpers.py', 'w').write('def twice(x):\\n    return 3 * x\\n')")
+        assert kernel.run("print(helpers.twice(2))").text == "6"  # autoreload picks up edits
+
+        plot = kernel.run("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
+        assert len(plot.image_paths) == 1
+        assert plot.image_paths[0].parent == tmp_path / "ws" / "images" / "alice"
+        assert plot.image_paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        with pytest.raises(pybox.ExecutionError):
+            kernel.run("1 / 0")
+
+    records = [json.loads(line) for line in (tmp_path / "ws" / "logs" / "alice.jsonl").read_text().splitlines()]
+    assert records[0]["code"].startswith("import os") and records[0]["error"] is None
+    assert records[0]["outputs"]["text"] == "/app/skills/private/alice from dotenv 1"
+    assert records[-1]["error"]["ename"] == "ZeroDivisionError"
+    assert all(r["duration"] >= 0 and r["key"] == "alice" for r in records)
+    assert any(r["outputs"]["images"] for r in records)
