@@ -4,8 +4,9 @@ a volume of the container's own (files still move with upload/download), scratch
 is tmpfs.
 """
 
-from pybox.backend import ContainerSpec
 from pybox_docker.backend import DockerBackend
+
+from pybox.backend import ContainerSpec
 
 #: Limits applied when the sandbox sets none.
 DEFAULT_MEMORY = "1g"
