@@ -137,6 +137,11 @@ class Backend(abc.ABC):
     def list_containers(self, labels: dict[str, str]) -> list[str]:
         """Ids of the containers (running or not) carrying all of ``labels``."""
 
+    def container_labels(self, container_id: str) -> dict[str, str] | None:
+        """The container's labels, or None when it no longer exists. Used to find the
+        containers of owners that died (``pybox cleanup``)."""
+        raise UnsupportedOperation(f"the {self.name} backend cannot read container labels")
+
     # -- files -----------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -121,6 +121,21 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def _cleanup(args: argparse.Namespace) -> int:
+    from pybox.ownership import reap_orphans
+    from pybox.plugins import get_plugins
+
+    backend = get_plugins().backend(args.backend)()
+    try:
+        reaped = reap_orphans(backend)
+    finally:
+        backend.close()
+    for container_id in reaped:
+        print(f"removed {container_id[:12]} (its owner process is gone)")
+    print(f"{len(reaped)} orphaned sandbox container(s) removed; containers of live processes were left alone")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from pybox.sandbox import DEFAULT_IMAGE
 
@@ -149,6 +164,10 @@ def parser() -> argparse.ArgumentParser:
     doctor.add_argument("-b", "--backend", default=None, help="backend to check (default: PYBOX_BACKEND or docker)")
     doctor.add_argument("--image", default=DEFAULT_IMAGE, help=f"image to look for (default: {DEFAULT_IMAGE})")
     doctor.set_defaults(func=_doctor)
+
+    cleanup = commands.add_parser("cleanup", help="remove this host's sandbox containers whose owner process died")
+    cleanup.add_argument("-b", "--backend", default=None, help="backend (default: PYBOX_BACKEND or docker)")
+    cleanup.set_defaults(func=_cleanup)
     return root
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import atexit
 import os
 import secrets
-import socket
 import threading
 import time
 import weakref
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from pybox.backend import LABEL, WORKDIR, Backend, Bind, ContainerSpec, Limits
+from pybox.backend import WORKDIR, Backend, Bind, ContainerSpec, Limits
 from pybox.errors import (
     ChannelError,
     InvalidArgument,
@@ -26,6 +25,7 @@ from pybox.errors import (
 )
 from pybox.kernel import DEFAULT_INTERRUPT_GRACE, DEFAULT_TIMEOUT, Kernel
 from pybox.kernel.gateway import Gateway
+from pybox.ownership import owner_labels, reap_in_background, stop_on_sigterm
 from pybox.plugins import get_plugins, resolve_backend_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,6 +120,8 @@ class Sandbox:
             deadline = time.monotonic() + self.startup_timeout
             self._backend = self._backend_cls()
             spec = self._spec()
+            reap_in_background(self._backend_cls, self.backend_name)  # containers of dead owners
+            stop_on_sigterm(_stop_live_sandboxes)
             self.id = self._backend.start(spec)
             _live.add(self)
             try:
@@ -137,12 +139,7 @@ class Sandbox:
             env={**self.env, TOKEN_ENV: self.token, PRESPAWN_ENV: "1"},
             binds=self.binds,
             limits=self.limits,
-            labels={
-                LABEL: "1",
-                f"{LABEL}.session": _SESSION,
-                f"{LABEL}.pid": str(os.getpid()),
-                f"{LABEL}.host": socket.gethostname(),
-            },
+            labels=owner_labels(_SESSION),
             host_port=self.port_requested,
         )
 

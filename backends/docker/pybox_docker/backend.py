@@ -142,6 +142,13 @@ class DockerBackend(Backend):
             error=str(state.get("Error") or ""),
         )
 
+    def container_labels(self, container_id: str) -> dict[str, str] | None:
+        with self._errors("inspect the sandbox container"):
+            try:
+                return dict(self.api.inspect_container(container_id).get("Config", {}).get("Labels") or {})
+            except docker.errors.NotFound:
+                return None
+
     def logs(self, container_id: str, tail: int = 50) -> str:
         with self._errors("read the container's logs"):
             try:

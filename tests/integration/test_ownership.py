@@ -1,0 +1,85 @@
+"""Containers of clients that die are reaped; containers of live clients never are."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pybox
+from pybox.plugins import get_plugins
+
+from .conftest import BACKEND, IMAGE
+
+CLIENT = """
+import sys, pybox
+sb = pybox.Sandbox(image=sys.argv[1], backend=sys.argv[2]).start()
+print(sb.id, flush=True)
+sys.stdin.read()  # wait to be killed
+"""
+
+
+def start_client():
+    process = subprocess.Popen([sys.executable, "-c", CLIENT, IMAGE, BACKEND], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, env={**os.environ})
+    container_id = process.stdout.readline().strip()
+    assert container_id, "the client did not start a sandbox"
+    return process, container_id
+
+
+def test_killed_clients_are_reaped_by_cleanup_and_live_ones_kept(sandbox):
+    engine = get_plugins().backend(BACKEND)()
+    process, orphan = start_client()
+    live_process, live_container = start_client()
+    try:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert engine.inspect(orphan).running  # SIGKILL: no chance to clean up
+        out = subprocess.run([sys.executable, "-m", "pybox", "cleanup", "--backend", BACKEND],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert orphan[:12] in out.stdout
+        assert engine.inspect(orphan).status == "removed"
+        assert engine.inspect(live_container).running
+        assert engine.inspect(sandbox.id).running
+        assert sandbox.run("print('still answering')").text == "still answering"
+    finally:
+        live_process.kill()
+        live_process.wait()
+        engine.remove(live_container)
+        engine.close()
+
+
+def test_the_next_start_reaps_orphans():
+    from pybox import ownership
+
+    engine = get_plugins().backend(BACKEND)()
+    process, orphan = start_client()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    ownership._reaped_backends.discard(BACKEND)  # this process already reaped once
+    with pybox.Sandbox(image=IMAGE, backend=BACKEND) as sb:
+        deadline = time.monotonic() + 20
+        while engine.inspect(orphan).status != "removed" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert engine.inspect(orphan).status == "removed"
+        assert sb.run("print(1)").text == "1"
+    engine.close()
+
+
+def test_sigterm_stops_the_sandbox():
+    engine = get_plugins().backend(BACKEND)()
+    process, container = start_client()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == -signal.SIGTERM
+    assert engine.inspect(container).status == "removed"
+    engine.close()
+
+
+def test_interpreter_exit_stops_a_forgotten_sandbox():
+    engine = get_plugins().backend(BACKEND)()
+    code = "import sys, pybox\nsb = pybox.Sandbox(image=sys.argv[1], backend=sys.argv[2]).start()\nprint(sb.id)"
+    out = subprocess.run([sys.executable, "-c", code, IMAGE, BACKEND], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert engine.inspect(out.stdout.strip()).status == "removed"
+    engine.close()
