@@ -184,7 +184,8 @@ def test_start_passes_a_spec_and_stop_removes_the_container(make_sandbox, tmp_pa
     sb = make_sandbox(image="custom:1", binds={str(tmp_path): "data"}, env={"A": "1"}, port=8123,
                       limits=Limits(cpus=0.5))
     with sb:
-        (backend,) = FakeBackend.instances
+        # (another instance may exist: the background reaper of orphaned containers)
+        (backend,) = [b for b in FakeBackend.instances if b.specs]
         (spec,) = backend.specs
         assert spec.image == "custom:1"
         assert spec.env["A"] == "1"
@@ -194,6 +195,7 @@ def test_start_passes_a_spec_and_stop_removes_the_container(make_sandbox, tmp_pa
         assert spec.limits == Limits(cpus=0.5)
         assert spec.host_port == 8123 and spec.host_ip == "127.0.0.1"
         assert spec.labels["pybox"] == "1" and spec.labels["pybox.pid"] == str(os.getpid())
+        assert spec.labels["pybox.started"] and spec.labels["pybox.session"] and spec.labels["pybox.host"]
         assert (sb.host, sb.port) == ("127.0.0.1", 49999)
         assert sb.start() is sb  # idempotent: no second container
         assert len(backend.specs) == 1
