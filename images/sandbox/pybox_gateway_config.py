@@ -1,8 +1,10 @@
 # Kernel gateway configuration of the pybox sandbox image.
 # The stock gateway drops output, listens without a token and notices dead kernels
 # late; each setting below says which of these it fixes.
+import json
 import os
 
+from jupyter_client.jsonutil import json_default
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 
 c = get_config()  # noqa: F821
@@ -25,15 +27,35 @@ c.ZMQChannelsWebsocketConnection.iopub_data_rate_limit = 0.0
 c.ZMQChannelsWebsocketConnection.iopub_msg_rate_limit = 0.0
 
 
-class NoDelayChannelsConnection(ZMQChannelsWebsocketConnection):
-    """The kernel websocket with TCP_NODELAY, which the stock gateway loses.
+def oom_kills():
+    """How many processes the OOM killer has killed in this container (cgroup v2 or v1)."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+        try:
+            with open(path) as handle:
+                for line in handle:
+                    name, _, value = line.partition(" ")
+                    if name == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
 
+
+class PyboxChannelsConnection(ZMQChannelsWebsocketConnection):
+    """The kernel websocket, with TCP_NODELAY and with the reason a kernel died.
+
+    TCP_NODELAY, which the stock gateway loses:
     tornado's HTTP1Connection._finish_request turns Nagle's algorithm back on after
     the 101 response of the websocket upgrade, and jupyter_server never turns it
     off again. Each execution writes ~5 small frames (busy, execute_input, stream,
     execute_reply, idle): Nagle holds all but the first until the client ACKs it,
     and the client, with nothing to send, delays that ACK by Linux's 40 ms minimum.
     That was the stock gateway's 40 ms per execution.
+
+    The reason: when the restarter finds the kernel dead it tells clients only
+    "restarting". The OOM killer is the usual cause in a memory-limited sandbox and
+    the engine does not report it while the container runs, so the status message
+    carries ``pybox_reason`` when the container's OOM-kill count went up.
     """
 
     def connect(self):
@@ -41,10 +63,26 @@ class NoDelayChannelsConnection(ZMQChannelsWebsocketConnection):
             self.websocket_handler.set_nodelay(True)
         except Exception:  # a connection without a socket still works, only slower
             self.log.warning("pybox: could not set TCP_NODELAY on the kernel websocket", exc_info=True)
+        self._oom_kills_seen = oom_kills()
         return super().connect()
 
+    def _send_status_message(self, status):
+        if status not in ("restarting", "dead"):
+            return super()._send_status_message(status)
+        kills = oom_kills()
+        reason = "the kernel process exited"
+        if kills is not None and self._oom_kills_seen is not None and kills > self._oom_kills_seen:
+            reason = "OOMKilled: the kernel ran out of memory (the sandbox's memory limit)"
+        self._oom_kills_seen = kills
+        iopub = self.channels.get("iopub", None)
+        if iopub and not iopub.closed():
+            iopub.flush()  # as the stock method: the dead kernel's messages go first
+        msg = self.session.msg("status", {"execution_state": status, "pybox_reason": reason})
+        msg["channel"] = "iopub"
+        self.write_message(json.dumps(msg, default=json_default))
 
-c.KernelGatewayApp.kernel_websocket_connection_class = NoDelayChannelsConnection
+
+c.KernelGatewayApp.kernel_websocket_connection_class = PyboxChannelsConnection
 
 # A dead kernel is seen within half a second (default 3 s) and restarted at once.
 c.KernelRestarter.time_to_dead = 0.5
@@ -53,3 +91,7 @@ c.KernelRestarter.time_to_dead = 0.5
 c.KernelManager.shutdown_wait_time = 1.0
 # pybox lists kernels to find the prespawned one (the token still guards the list).
 c.JupyterWebsocketPersonality.list_kernels = True
+
+# The first kernel is started by the container's command (pybox-gateway) alongside the
+# gateway; its manager adopts it instead of launching another (see pybox_boot).
+c.SeedingMappingKernelManager.kernel_manager_class = "pybox_adopt.AdoptingKernelManager"
