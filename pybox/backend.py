@@ -13,6 +13,7 @@ Errors: a backend raises pybox errors only (``BackendUnavailable``, ``ImageNotFo
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Iterator
@@ -31,11 +32,26 @@ LABEL = "pybox"
 class Limits:
     """Resource limits of a sandbox container. ``memory`` as the engine takes it
     (``"512m"``, ``"2g"`` or bytes), ``cpus`` as a fraction of cores, ``pids`` the
-    maximum number of processes. None leaves the engine's default."""
+    maximum number of processes. The defaults keep a runaway program (a memory hog,
+    a fork bomb) from taking the host down; None leaves the engine's default (none)."""
 
-    memory: str | int | None = None
+    memory: str | int | None = "2g"
     cpus: float | None = None
-    pids: int | None = None
+    pids: int | None = 1024
+
+    def __post_init__(self) -> None:
+        from pybox.errors import InvalidArgument
+
+        if self.memory is not None and not (
+            (isinstance(self.memory, int) and not isinstance(self.memory, bool) and self.memory > 0)
+            or (isinstance(self.memory, str) and re.fullmatch(r"\d+(\.\d+)?[bkmgBKMG]?", self.memory.strip()))
+        ):
+            raise InvalidArgument(f"memory limit must be bytes or a size such as '512m' or '2g', got {self.memory!r}")
+        if self.cpus is not None and (isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float))
+                                      or self.cpus <= 0):
+            raise InvalidArgument(f"cpus limit must be a positive number, got {self.cpus!r}")
+        if self.pids is not None and (isinstance(self.pids, bool) or not isinstance(self.pids, int) or self.pids < 16):
+            raise InvalidArgument(f"pids limit must be an integer of at least 16, got {self.pids!r}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,9 @@ class ContainerSpec:
     host_ip: str = "127.0.0.1"  # local engines publish on loopback only
     command: list[str] | None = None  # None: the image's own command
     name: str | None = None
+    # Read-only root filesystem; /app stays writable (a volume of the container's own)
+    # and scratch directories are tmpfs.
+    read_only: bool = False
 
 
 @dataclass(frozen=True)

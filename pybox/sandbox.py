@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pybox.backend import WORKDIR, Backend, Bind, ContainerSpec, Limits
 from pybox.errors import (
+    BackendUnavailable,
     ChannelError,
     InvalidArgument,
     PyboxError,
@@ -63,8 +64,9 @@ class Sandbox:
     container paths (relative to /app, or absolute under /app). ``env`` is passed to
     the container. ``port`` fixes the host port of the gateway (default: the engine
     picks a free one). ``startup_code`` runs in every new kernel and after every
-    restart (e.g. ``"%load_ext autoreload\n%autoreload 2"``). Use as a context
-    manager, or ``start()`` / ``stop()``.
+    restart (e.g. ``"%load_ext autoreload\n%autoreload 2"``). ``limits`` defaults to
+    ``Limits()`` (2 GiB, 1024 processes). ``read_only`` makes the root filesystem
+    read-only, /app staying writable. Use as a context manager, or ``start()`` / ``stop()``.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class Sandbox:
         startup_timeout: float = 60.0,
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
         startup_code: str | None = None,
+        read_only: bool = False,
     ):
         self.image = _check_image(DEFAULT_IMAGE if image is None else image)
         self.backend_name = resolve_backend_name(backend)
@@ -98,6 +101,7 @@ class Sandbox:
         if startup_code is not None and not isinstance(startup_code, str):
             raise InvalidArgument(f"startup_code must be a str, not {type(startup_code).__name__}")
         self.startup_code = startup_code
+        self.read_only = bool(read_only)
         self.token = secrets.token_urlsafe(32)
         self.id: str | None = None
         self._backend: Backend | None = None
@@ -141,6 +145,7 @@ class Sandbox:
             limits=self.limits,
             labels=owner_labels(_SESSION),
             host_port=self.port_requested,
+            read_only=self.read_only,
         )
 
     def _wait_for_gateway(self, deadline: float) -> None:
@@ -317,13 +322,20 @@ class Sandbox:
         """Why the container is gone, when it is (asked when a kernel channel closes)."""
         if self._closed or self._backend is None or self.id is None:
             return None
-        try:
-            state = self._backend.inspect(self.id)
-        except PyboxError:
-            return None
-        if state.running:
-            return None
-        return f"the sandbox container stopped: {state.describe()}"
+        # The channel may drop a moment before the engine records the container's end.
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                state = self._backend.inspect(self.id)
+            except BackendUnavailable as exc:
+                return f"the container engine does not answer (restarted or stopped?): {exc}"
+            except PyboxError:
+                return None
+            if not state.running:
+                return f"the sandbox container stopped: {state.describe()}"
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
 
     def __repr__(self) -> str:
         state = "stopped" if self._closed else ("running" if self.id else "not started")

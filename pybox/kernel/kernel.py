@@ -267,11 +267,12 @@ class Kernel:
         state = (msg.get("content") or {}).get("execution_state")
         if state in ("restarting", "dead"):
             self._needs_nudge = True
-            reason = (self._explain_death() if self._explain_death else None) or (
-                "the kernel process exited; the gateway restarted it and its state is lost"
-                if state == "restarting"
-                else "the kernel process exited and could not be restarted"
-            )
+            # The container runs on (the gateway restarted the kernel); pybox's gateway
+            # says why the kernel process died (e.g. OOMKilled).
+            cause = (msg.get("content") or {}).get("pybox_reason") or "the kernel process exited"
+            after = ("the gateway restarted it and its state is lost" if state == "restarting"
+                     else "it could not be restarted")
+            reason = f"{cause}; {after}"
             self._fail_pending(lambda: KernelDied(reason))
 
     def _on_channel_closed(self, error: BaseException | None) -> None:

@@ -166,12 +166,14 @@ def test_kernel_dead_status_fails_the_execution(rig):
         rig.kernel.run("x", timeout=3)
 
 
-def test_kernel_death_reason_comes_from_explain_death(make_rig):
-    rig = make_rig(explain_death=lambda: "the sandbox container stopped: OOMKilled")
-    rig.add_script(busy(), Unrouted(status("restarting", parent=None)))
+def test_kernel_death_reason_comes_from_the_gateway(make_rig):
+    rig = make_rig(explain_death=lambda: None)
+    restarting = status("restarting", parent=None)
+    restarting["content"]["pybox_reason"] = "OOMKilled: the kernel ran out of memory"
+    rig.add_script(busy(), Unrouted(restarting))
     with pytest.raises(KernelDied) as info:
         rig.kernel.run("x", timeout=3)
-    assert info.value.reason == "the sandbox container stopped: OOMKilled"
+    assert info.value.reason.startswith("OOMKilled: the kernel ran out of memory; the gateway restarted it")
     assert "OOMKilled" in str(info.value)
 
 

@@ -18,8 +18,17 @@ import docker
 import docker.errors
 import requests
 
-from pybox.backend import Backend, ContainerSpec, ContainerState, Endpoint
+from pybox.backend import WORKDIR, Backend, ContainerSpec, ContainerState, Endpoint
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
+
+#: Writable scratch on a read-only root: what the gateway and IPython write at run
+#: time (connection files, config dirs); the image's font cache stays readable.
+READ_ONLY_TMPFS = {
+    "/tmp": "rw,nosuid,nodev,size=256m",
+    "/home/sandbox/.local": "rw,nosuid,nodev,size=64m,uid=1000,gid=1000",
+    "/home/sandbox/.config": "rw,nosuid,nodev,size=16m,uid=1000,gid=1000",
+    "/home/sandbox/.jupyter": "rw,nosuid,nodev,size=16m,uid=1000,gid=1000",
+}
 
 UNAVAILABLE_HINT = (
     "Is the Docker engine running? Start it (`systemctl start docker`, or `dockerd &` "
@@ -68,6 +77,8 @@ class DockerBackend(Backend):
             "mem_limit": spec.limits.memory,
             "nano_cpus": int(spec.limits.cpus * 1e9) if spec.limits.cpus else None,
             "pids_limit": spec.limits.pids,
+            "read_only": spec.read_only,
+            "tmpfs": READ_ONLY_TMPFS if spec.read_only else None,
         }
 
     def container_options(self, spec: ContainerSpec) -> dict:
@@ -80,6 +91,9 @@ class DockerBackend(Backend):
             "ports": [f"{spec.gateway_port}/tcp"],
             "name": spec.name,
             "detach": True,
+            # With a read-only root, /app is an anonymous volume (removed with the
+            # container) so that the kernel and upload/download can still write there.
+            "volumes": [WORKDIR] if spec.read_only else None,
         }
 
     def start(self, spec: ContainerSpec) -> str:

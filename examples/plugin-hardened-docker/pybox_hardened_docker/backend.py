@@ -4,21 +4,13 @@ a volume of the container's own (files still move with upload/download), scratch
 is tmpfs.
 """
 
-from pybox_docker.backend import DockerBackend
+from pybox_docker.backend import READ_ONLY_TMPFS, DockerBackend
 
-from pybox.backend import ContainerSpec
+from pybox.backend import WORKDIR, ContainerSpec
 
 #: Limits applied when the sandbox sets none.
 DEFAULT_MEMORY = "1g"
 DEFAULT_PIDS = 256
-# Writable scratch for what the gateway and IPython write at run time (connection
-# files, matplotlib's config); the image's font cache in ~/.cache stays readable.
-TMPFS = {
-    "/tmp": "rw,nosuid,nodev,size=256m",
-    "/home/sandbox/.local": "rw,nosuid,nodev,size=64m,uid=1000,gid=1000",
-    "/home/sandbox/.config": "rw,nosuid,nodev,size=16m,uid=1000,gid=1000",
-    "/home/sandbox/.jupyter": "rw,nosuid,nodev,size=16m,uid=1000,gid=1000",
-}
 
 
 class HardenedDockerBackend(DockerBackend):
@@ -29,7 +21,7 @@ class HardenedDockerBackend(DockerBackend):
         options = super().host_config_options(spec)
         options.update(
             read_only=True,
-            tmpfs=TMPFS,
+            tmpfs=READ_ONLY_TMPFS,  # the scratch directories pybox's own read-only mode uses
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             mem_limit=spec.limits.memory or DEFAULT_MEMORY,
@@ -39,5 +31,5 @@ class HardenedDockerBackend(DockerBackend):
 
     def container_options(self, spec: ContainerSpec) -> dict:
         options = super().container_options(spec)
-        options["volumes"] = ["/app"]  # anonymous volume, removed with the container
+        options["volumes"] = [WORKDIR]  # anonymous volume, removed with the container
         return options
