@@ -16,9 +16,12 @@ from typing import Callable, Protocol
 
 import websocket
 
-from pybox.errors import ChannelError
+from pybox.errors import ChannelError, InvalidArgument
 from pybox.kernel import messages
 from pybox.kernel.messages import Message
+
+#: tornado's default websocket_max_message_size (10 MiB), minus room for framing.
+MAX_FRAME_BYTES = 10 * 1024 * 1024 - 1024
 
 
 class Sink(Protocol):
@@ -70,8 +73,16 @@ class KernelChannel:
     def send(self, msg: Message) -> None:
         if self.closed:
             raise ChannelError(f"kernel channel {self.url} is closed")
+        text = messages.encode(msg)
+        size = len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))
+        if size > MAX_FRAME_BYTES:
+            # The gateway (tornado) closes the whole websocket on a larger message.
+            raise InvalidArgument(
+                f"the {messages.msg_type(msg)} is {size:,} bytes encoded; the kernel gateway accepts "
+                f"at most {MAX_FRAME_BYTES:,}. Move large data with Sandbox.upload instead of inlining it in code"
+            )
         try:
-            self._ws.send(messages.encode(msg))
+            self._ws.send(text)
         except (websocket.WebSocketException, OSError) as exc:
             raise ChannelError(f"could not send to the kernel websocket {self.url}: {exc}") from exc
 
