@@ -7,6 +7,8 @@ Figures (all through the real engine and the built image):
 - round trip of ``print(i)``: median and p99 over --runs runs, each checked for its
   exact output (a lost or misrouted output is counted, not hidden);
 - 10 MB of stdout in one execution: MB/s, byte-exact check;
+- a stress run: --stress executions across 8 kernels in 4 threads, every output
+  checked (lost and misrouted counted);
 - the same ``print(i)`` round trip through a stock, unconfigured kernel gateway
   (same image, the gateway started without pybox's configuration), in the same run.
 """
@@ -73,6 +75,43 @@ def throughput(sb: pybox.Sandbox, megabytes: int = 10) -> None:
           f"byte-exact: {exact}")
 
 
+def stress(sb: pybox.Sandbox, executions: int, kernels: int = 8, threads: int = 4) -> None:
+    """``executions`` runs across ``kernels`` kernels driven by ``threads`` threads, each
+    output checked: a lost or misrouted output (another run's text) is counted."""
+    import threading
+
+    opened = [sb.kernel() for _ in range(kernels)]
+    per_thread = executions // threads
+    lost = misrouted = 0
+    lock = threading.Lock()
+
+    def work(worker: int) -> None:
+        nonlocal lost, misrouted
+        mine = opened[worker::threads]
+        for i in range(per_thread):
+            kernel = mine[i % len(mine)]
+            token = f"{worker}-{i}"
+            result = kernel.run(f"print({token!r})", timeout=120)
+            if result.stdout != f"{token}\n":
+                with lock:
+                    if result.stdout.strip():
+                        misrouted += 1
+                    else:
+                        lost += 1
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    elapsed = time.perf_counter() - started
+    for kernel in opened:
+        kernel.close()
+    print(f"stress: {per_thread * threads} executions across {kernels} kernels in {threads} threads in "
+          f"{elapsed:.1f} s ({per_thread * threads / elapsed:.0f}/s): lost {lost}, misrouted {misrouted}")
+
+
 def stock_gateway(image: str, backend_name: str | None, runs: int) -> None:
     """The same image, its gateway started with no pybox configuration at all."""
     backend = get_plugins().backend(backend_name)()
@@ -100,6 +139,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10_000, help="print(i) round trips (default 10000)")
     parser.add_argument("--stock-runs", type=int, default=500, help="round trips through the stock gateway")
     parser.add_argument("--cold", type=int, default=5, help="cold starts to measure (default 5)")
+    parser.add_argument("--stress", type=int, default=10_000,
+                        help="executions of the stress run across 8 kernels in 4 threads (0: skip)")
     parser.add_argument("--backend", default=None, help="backend (default: PYBOX_BACKEND or docker)")
     parser.add_argument("--image", default=pybox.DEFAULT_IMAGE)
     args = parser.parse_args()
@@ -113,6 +154,8 @@ def main() -> None:
         times, lost = round_trips(sb.default_kernel, args.runs)
         report_round_trips("print(i) round trip, pybox", times, lost)
         throughput(sb)
+        if args.stress:
+            stress(sb, args.stress)
     stock_gateway(args.image, args.backend, args.stock_runs)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"client peak RSS: {rss:.0f} MB")
