@@ -41,3 +41,8 @@ def test_example(name, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     for expected in EXPECTED[name]:
         assert expected in out.stdout, f"{expected!r} not in the output of {name}:\n{out.stdout}"
+    if name == "03_output_streaming.py":
+        # One line per second arrives one line per second: "[ 1.7 s] line 1".
+        stamps = [float(line[1:].split("s]")[0]) for line in out.stdout.splitlines() if "] line " in line]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert len(stamps) == 5 and all(0.7 < gap < 1.5 for gap in gaps), out.stdout
