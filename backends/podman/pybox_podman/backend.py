@@ -1,0 +1,438 @@
+"""The Podman backend: Podman's REST API (``podman system service``) through the
+podman package's low-level ``APIClient``, at the address ``CONTAINER_HOST`` names
+(default: the rootful socket, then the user's ``$XDG_RUNTIME_DIR/podman/podman.sock``).
+
+The libpod endpoints are called directly rather than through the SDK's managers:
+the managers pull missing images behind the caller's back, cost extra round trips
+on the cold-start path, read a whole build's output before returning, and hold
+archive uploads in memory. The API client still does the transport (unix socket,
+ssh, tcp) and the error mapping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import struct
+import tarfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+from urllib.parse import quote, urlparse
+
+import podman
+import podman.errors
+import requests
+
+from pybox.backend import WORKDIR, Backend, ContainerSpec, ContainerState, Endpoint
+from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, InvalidArgument, PyboxError
+
+#: Podman's rootful API socket (``podman system service`` as root, or podman.socket).
+ROOTFUL_SOCKET = "/run/podman/podman.sock"
+#: Seconds an ordinary API call may take; builds and archive copies get longer.
+TIMEOUT = 60
+LONG_TIMEOUT = 3600
+#: Where a registry-less short name is looked for when pulling (docker's convention).
+DEFAULT_REGISTRY = "docker.io"
+#: Writable scratch on a read-only root (as the Docker backend): what the gateway and
+#: IPython write at run time; the image's font cache stays readable.
+#: Podman refuses tmpfs's uid=/gid= options; ``U`` chowns to the container's user
+#: (the image's ``sandbox``) instead.
+READ_ONLY_TMPFS = {
+    "/tmp": "rw,nosuid,nodev,size=256m",
+    "/home/sandbox/.local": "rw,nosuid,nodev,size=64m,U",
+    "/home/sandbox/.config": "rw,nosuid,nodev,size=16m,U",
+    "/home/sandbox/.jupyter": "rw,nosuid,nodev,size=16m,U",
+}
+
+
+def default_url() -> str:
+    """The Podman service's URL: CONTAINER_HOST, else the rootful socket where it
+    exists, else the user's socket under XDG_RUNTIME_DIR."""
+    host = os.environ.get("CONTAINER_HOST", "").strip()
+    if host:
+        return host
+    candidates = [ROOTFUL_SOCKET]
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "").strip()
+    if runtime_dir:
+        candidates.append(os.path.join(runtime_dir, "podman", "podman.sock"))
+    for path in candidates:
+        if os.path.exists(path) and os.access(path, os.R_OK | os.W_OK):
+            return f"unix://{path}"
+    return f"unix://{candidates[0] if os.geteuid() == 0 or len(candidates) == 1 else candidates[-1]}"
+
+
+def unavailable_hint(url: str) -> str:
+    socket_url = url if url.startswith("unix://") else f"unix://{ROOTFUL_SOCKET}"
+    return (
+        f"Is the Podman service running? Start it with `podman system service --time=0 {socket_url} &` "
+        f"and set CONTAINER_HOST={socket_url} (or point CONTAINER_HOST at a running service)"
+    )
+
+
+class PodmanBackend(Backend):
+    name = "podman"
+    description = "Podman service from the environment (CONTAINER_HOST or the local podman.sock)"
+
+    def __init__(self) -> None:
+        self.url = default_url()
+        self._api: podman.api.APIClient | None = None
+
+    @property
+    def api(self) -> podman.api.APIClient:
+        if self._api is None:
+            try:
+                self._api = podman.PodmanClient(base_url=self.url, timeout=TIMEOUT).api
+            except (ValueError, podman.errors.PodmanError) as exc:
+                raise BackendUnavailable(f"cannot use the Podman service at {self.url}: {exc}",
+                                         unavailable_hint(self.url)) from exc
+        return self._api
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Translate podman-py and transport errors into pybox errors."""
+        try:
+            yield
+        except PyboxError:
+            raise
+        except podman.errors.APIError as exc:
+            if exc.response is None:  # the SDK wraps transport failures (OSError) in APIError
+                raise BackendUnavailable(
+                    f"cannot reach the Podman service at {self.url} while trying to {action}: "
+                    f"{exc.__cause__ or exc}", unavailable_hint(self.url)) from exc
+            raise BackendError(f"Podman could not {action}: {_explain(exc)}") from exc
+        except (requests.ConnectionError, ConnectionError, FileNotFoundError) as exc:
+            raise BackendUnavailable(f"cannot reach the Podman service at {self.url} while trying to "
+                                     f"{action}: {exc}", unavailable_hint(self.url)) from exc
+        except (requests.RequestException, podman.errors.PodmanError) as exc:
+            raise BackendError(f"Podman could not {action}: {exc}") from exc
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def create_options(self, spec: ContainerSpec) -> dict:
+        """The body of libpod's container-create call (a SpecGenerator); subclasses extend it."""
+        body: dict = {
+            "image": spec.image,
+            "env": dict(spec.env),
+            "labels": dict(spec.labels),
+            "portmappings": [{
+                "container_port": spec.gateway_port,
+                "host_ip": spec.host_ip,
+                "host_port": spec.host_port or 0,  # 0: the engine picks a free port
+                "protocol": "tcp",
+            }],
+            "mounts": [{
+                "type": "bind",
+                "source": b.host,
+                "destination": b.container,
+                "options": ["rbind", "ro" if b.read_only else "rw"],
+            } for b in spec.binds],
+            "resource_limits": _resource_limits(spec),
+        }
+        if spec.command is not None:
+            body["command"] = list(spec.command)
+        if spec.name:
+            body["name"] = spec.name
+        if getattr(spec, "read_only", False):
+            body["read_only_filesystem"] = True
+            body["mounts"] += [{"type": "tmpfs", "source": "tmpfs", "destination": path, "options": options.split(",")}
+                               for path, options in READ_ONLY_TMPFS.items()]
+            # /app: an anonymous volume (removed with the container) so that the kernel
+            # and upload/download can still write there.
+            body["volumes"] = [{"Name": "", "Dest": WORKDIR}]
+        return body
+
+    def start(self, spec: ContainerSpec) -> str:
+        api = self.api
+        body = self.create_options(spec)
+        with self._errors("create the sandbox container"):
+            response = api.post("/containers/create", data=json.dumps(body),
+                                headers={"Content-Type": "application/json"})
+            try:
+                response.raise_for_status(not_found=podman.errors.ImageNotFound)
+            except podman.errors.APIError as exc:
+                if response.status_code == 404 or _is_missing_image(response):
+                    raise ImageNotFound(spec.image) from exc
+                raise
+            container_id = response.json()["Id"]
+        try:
+            with self._errors("start the sandbox container"):
+                response = api.post(f"/containers/{container_id}/start")
+                try:
+                    response.raise_for_status()
+                except podman.errors.APIError as exc:
+                    text = _message(response)
+                    if "already in use" in text or "already allocated" in text or "address in use" in text:
+                        raise BackendError(
+                            f"port {spec.host_port} on {spec.host_ip} is already in use; choose another "
+                            f"port or leave it unset so the engine picks a free one ({text})"
+                        ) from exc
+                    raise
+        except BaseException:
+            self.remove(container_id)
+            raise
+        return container_id
+
+    def endpoint(self, container_id: str, spec: ContainerSpec) -> Endpoint:
+        info = self._inspect(container_id, "inspect the sandbox container")
+        if info is None:
+            raise BackendError(f"container {container_id[:12]} no longer exists")
+        ports = (info.get("NetworkSettings") or {}).get("Ports") or {}
+        bindings = ports.get(f"{spec.gateway_port}/tcp") or []
+        if not bindings:
+            raise BackendError(f"container {container_id[:12]} publishes no port for the kernel gateway")
+        port = int(bindings[0]["HostPort"])
+        return Endpoint(self._engine_host() or _client_host(spec.host_ip), port)
+
+    def _engine_host(self) -> str | None:
+        """The service's host when it is reached over TCP or ssh: published ports live there."""
+        url = urlparse(self.url)
+        if url.scheme in ("http", "https", "tcp", "ssh", "http+ssh") and url.hostname:
+            return url.hostname
+        return None
+
+    def _inspect(self, container_id: str, action: str) -> dict | None:
+        with self._errors(action):
+            response = self.api.get(f"/containers/{quote(container_id, safe='')}/json")
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            return response.json()
+
+    def inspect(self, container_id: str) -> ContainerState:
+        info = self._inspect(container_id, "inspect the sandbox container")
+        if info is None:
+            return ContainerState(running=False, status="removed")
+        state = info.get("State") or {}
+        return ContainerState(
+            running=bool(state.get("Running")),
+            status=str(state.get("Status", "")),
+            exit_code=state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            error=str(state.get("Error") or ""),
+        )
+
+    def container_labels(self, container_id: str) -> dict[str, str] | None:
+        info = self._inspect(container_id, "inspect the sandbox container")
+        if info is None:
+            return None
+        return dict((info.get("Config") or {}).get("Labels") or {})
+
+    def logs(self, container_id: str, tail: int = 50) -> str:
+        with self._errors("read the container's logs"):
+            response = self.api.get(f"/containers/{quote(container_id, safe='')}/logs",
+                                    params={"stdout": True, "stderr": True, "tail": str(tail)})
+            if response.status_code == 404:
+                return ""
+            response.raise_for_status()
+            return _demultiplex(response.content).decode("utf-8", errors="replace")
+
+    def remove(self, container_id: str) -> None:
+        with self._errors("remove the sandbox container"):
+            response = self.api.delete(f"/containers/{quote(container_id, safe='')}",
+                                       params={"force": True, "v": True, "volumes": True, "timeout": 0})
+            if response.status_code in (404, 409):  # gone, or removal already in progress
+                return
+            if response.status_code >= 400 and "no such container" in _message(response).lower():
+                return
+            response.raise_for_status()
+
+    def list_containers(self, labels: dict[str, str]) -> list[str]:
+        filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+        with self._errors("list containers"):
+            response = self.api.get("/containers/json", params={"all": True, "filters": filters})
+            response.raise_for_status()
+            return [c["Id"] for c in response.json() or []]
+
+    # -- files -----------------------------------------------------------------------
+
+    def put_archive(self, container_id: str, path: str, data: Iterable[bytes]) -> None:
+        with self._errors(f"copy files into {path}"):
+            response = self.api.put(f"/containers/{quote(container_id, safe='')}/archive",
+                                    params={"path": path}, data=iter(data),
+                                    headers={"Content-Type": "application/x-tar"}, timeout=LONG_TIMEOUT)
+            try:
+                response.raise_for_status()
+            except podman.errors.APIError as exc:
+                raise BackendError(f"cannot copy into {path}: {_message(response)}") from exc
+
+    def get_archive(self, container_id: str, path: str) -> Iterator[bytes]:
+        with self._errors(f"copy {path} out of the container"):
+            response = self.api.get(f"/containers/{quote(container_id, safe='')}/archive",
+                                    params={"path": path}, stream=True, timeout=LONG_TIMEOUT)
+            try:
+                response.raise_for_status()
+            except podman.errors.APIError as exc:
+                text = _message(response)
+                response.close()
+                if response.status_code == 404 or "no such file" in text.lower() or "not found" in text.lower():
+                    raise BackendError(f"no such file or directory in the sandbox: {path}") from exc
+                raise BackendError(f"cannot copy {path} out of the container: {text}") from exc
+        return self._chunks(response, path)
+
+    def _chunks(self, response, path: str) -> Iterator[bytes]:
+        try:
+            with self._errors(f"copy {path} out of the container"):
+                yield from response.iter_content(chunk_size=1 << 20)
+        finally:
+            response.close()
+
+    # -- images ----------------------------------------------------------------------
+
+    def image_exists(self, image: str) -> bool:
+        with self._errors(f"inspect image {image}"):
+            response = self.api.get(f"/images/{quote(image, safe='')}/exists")
+            if response.status_code == 404:
+                return False
+            response.raise_for_status()
+            return True
+
+    def pull_image(self, image: str) -> bool:
+        try:
+            response = self.api.post("/images/pull", params={"reference": _qualified(image), "quiet": True},
+                                     stream=True, timeout=LONG_TIMEOUT)
+            if response.status_code >= 400:
+                return False
+            for line in response.iter_lines():
+                if line and "error" in json.loads(line):
+                    return False
+        except (podman.errors.APIError, requests.RequestException, ValueError):
+            return False
+        return self.image_exists(image)
+
+    def build_image(
+        self, context: Path, tag: str, buildargs: dict[str, str], progress: Callable[[str], None]
+    ) -> None:
+        with self._errors(f"build image {tag}"):
+            response = self.api.post(
+                "/build",
+                params={"t": tag, "buildargs": json.dumps(buildargs), "rm": True, "forcerm": True,
+                        "layers": True, "dockerfile": "Dockerfile"},
+                data=_tar_directory(context),
+                headers={"Content-Type": "application/x-tar"},
+                stream=True,
+                timeout=LONG_TIMEOUT,
+            )
+            try:
+                response.raise_for_status()
+            except podman.errors.APIError as exc:
+                raise BackendError(f"building image {tag} failed: {_message(response)}") from exc
+            last = ""
+            for raw in response.iter_lines():
+                if not raw:
+                    continue
+                chunk = json.loads(raw)
+                if chunk.get("error"):
+                    detail = (chunk.get("errorDetail") or {}).get("message") or chunk["error"]
+                    raise BackendError(f"building image {tag} failed: {detail.strip()}") from \
+                        podman.errors.BuildError(detail, [raw])
+                line = chunk.get("stream") or chunk.get("status") or ""
+                for part in line.rstrip("\n").split("\n"):
+                    if part.strip():
+                        last = part
+                        progress(part.rstrip())
+            if not self.image_exists(tag):
+                reason = last or "no image was produced"
+                raise BackendError(f"building image {tag} failed: {reason}") from podman.errors.BuildError(reason, [])
+
+    def import_image(self, rootfs_tar: Path, tag: str) -> None:
+        with self._errors(f"import image {tag}"), open(rootfs_tar, "rb") as tar:
+            response = self.api.post("/images/import", params={"reference": tag}, data=tar,
+                                     headers={"Content-Type": "application/x-tar"}, timeout=LONG_TIMEOUT)
+            try:
+                response.raise_for_status()
+            except podman.errors.APIError as exc:
+                raise BackendError(f"importing image {tag} failed: {_message(response)}") from exc
+
+    # -- engine ------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        with self._errors("answer a ping"):
+            response = self.api.get("/_ping")
+            response.raise_for_status()
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(value: str | int) -> int:
+    """Bytes from docker's notation: ``512m``, ``2g``, ``1024`` (binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", str(value).lower())
+    if not match:
+        raise InvalidArgument(f"memory limit {value!r} is not a size such as '512m' or '2g'")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _resource_limits(spec: ContainerSpec) -> dict:
+    limits: dict = {}
+    if spec.limits.memory is not None:
+        memory = parse_bytes(spec.limits.memory)
+        limits["memory"] = {"limit": memory, "swap": 2 * memory}  # docker's default: as much swap again
+    if spec.limits.cpus:
+        period = 100_000
+        limits["cpu"] = {"period": period, "quota": int(spec.limits.cpus * period)}
+    if spec.limits.pids is not None:
+        limits["pids"] = {"limit": int(spec.limits.pids)}
+    return limits
+
+
+def _message(response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("message") or body.get("cause") or body)
+    except ValueError:
+        return response.text.strip()
+
+
+def _explain(exc: podman.errors.APIError) -> str:
+    return str(exc.explanation or exc)
+
+
+def _is_missing_image(response) -> bool:
+    text = _message(response).lower()
+    return "image not known" in text or "no such image" in text or "failed to find image" in text
+
+
+def _qualified(image: str) -> str:
+    """A pullable reference: registry-less names go to docker.io, as with docker."""
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return image
+    return f"{DEFAULT_REGISTRY}/{image}" if "/" in image else f"{DEFAULT_REGISTRY}/library/{image}"
+
+
+def _tar_directory(directory: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for item in sorted(directory.iterdir()):
+            tar.add(str(item), arcname=item.name)
+    return buffer.getvalue()
+
+
+def _demultiplex(data: bytes) -> bytes:
+    """Strip the 8-byte stream headers of a multiplexed log stream (left as is when
+    the stream is not multiplexed)."""
+    out = []
+    pos = 0
+    while pos + 8 <= len(data):
+        kind, size = struct.unpack(">BxxxL", data[pos:pos + 8])
+        if kind not in (0, 1, 2) or pos + 8 + size > len(data):
+            return data if pos == 0 else b"".join(out) + data[pos:]
+        out.append(data[pos + 8:pos + 8 + size])
+        pos += 8 + size
+    return b"".join(out) + data[pos:]
+
+
+def _client_host(host_ip: str) -> str:
+    return "127.0.0.1" if host_ip in ("", "0.0.0.0") else ("::1" if host_ip == "::" else host_ip)
