@@ -55,14 +55,15 @@ class Execution:
     any thread.
     """
 
-    def __init__(self, kernel: Kernel, msg: Message, code: str):
+    def __init__(self, kernel: Kernel, msg: Message, code: str, max_output: int | None = None):
         self.kernel = kernel
         self.msg_id: str = msg["header"]["msg_id"]
         self.code = code
         self._queue: queue.SimpleQueue[Message | _Failure] = queue.SimpleQueue()
         self._consumer = threading.RLock()  # one thread drains the queue at a time
         self._flags = threading.Lock()  # _started / _cancel_requested, shared with the reader thread
-        self._result = Result()
+        self._result = Result(max_output)
+        self._fresh: list[Output] = []  # outputs handled in this step, for the live consumer
         self._reply: dict | None = None
         self._failure: PyboxError | None = None
         self._done = threading.Event()
@@ -99,22 +100,24 @@ class Execution:
     def events(self, timeout: float | None = None) -> Iterator[Output]:
         """Yield typed outputs (Stdout, Stderr, DisplayData, ExecuteResult, ErrorOutput)
         as they arrive. Raises ExecutionTimeout at the deadline, KernelDied if the
-        kernel dies; a user error is an ErrorOutput here (``result()`` raises it)."""
+        kernel dies; a user error is an ErrorOutput here (``result()`` raises it).
+        Outputs that arrived before the call are replayed first (with ``max_output``,
+        those the result kept); live ones are yielded whole, then let go."""
         deadline = deadline_after(timeout)
-        index = 0
+        with self._consumer:
+            replay = list(self._result.outputs)
+            seen = self._result.next_seq
+        yield from replay
         while True:
             with self._consumer:
-                outputs = self._result.outputs
-                if index < len(outputs):
-                    batch = outputs[index:]
-                    index = len(outputs)
+                if self._result.next_seq > seen:  # drained by another consumer meanwhile
+                    batch = self._result.since(seen)
                 elif self._done.is_set():
                     break
                 else:
-                    batch = None
-                    self._step(deadline, timeout)
-            if batch:
-                yield from batch
+                    batch = self._step(deadline, timeout)
+                seen = self._result.next_seq
+            yield from batch
         if self._failure is not None:
             raise self._failure
 
@@ -159,18 +162,23 @@ class Execution:
         except PyboxError:
             pass  # the kernel is gone; its death reaches the execution on the channel
 
-    def _step(self, deadline: float | None, timeout: float | None) -> None:
-        """Handle one queued item, or the timeout if the deadline passes first."""
+    def _step(self, deadline: float | None, timeout: float | None) -> list[Output]:
+        """Handle one queued item, or the timeout if the deadline passes first; return
+        the outputs that came in, whole (the result may keep only part of them)."""
         remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            self._on_timeout(timeout)
-            return
         try:
-            item = self._queue.get(timeout=remaining)
-        except queue.Empty:
-            self._on_timeout(timeout)
-            return
-        self._handle(item)
+            if remaining is not None and remaining <= 0:
+                self._on_timeout(timeout)
+            else:
+                try:
+                    item = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    self._on_timeout(timeout)
+                else:
+                    self._handle(item)
+            return self._fresh
+        finally:
+            self._fresh = []
 
     def _handle(self, item: Message | _Failure) -> None:
         if isinstance(item, _Failure):
@@ -201,7 +209,9 @@ class Execution:
                 self._result.execution_count = count
             for payload in content.get("payload") or []:
                 if payload.get("source") == "page" and isinstance(payload.get("data"), dict):
-                    self._result.add(DisplayData(payload["data"]))  # `obj?` help text
+                    page = DisplayData(payload["data"])  # `obj?` help text
+                    self._result.add(page)
+                    self._fresh.append(page)
             if self._idle and not self._timing_out:
                 self._finish(None)
             return
@@ -209,6 +219,7 @@ class Execution:
         if output is None:
             return
         self._result.add(output)
+        self._fresh.append(output)
         if isinstance(output, ErrorOutput):
             self._result.error = ExecutionError(output.ename, output.evalue, output.traceback, self._result)
 

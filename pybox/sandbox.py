@@ -66,7 +66,9 @@ class Sandbox:
     picks a free one). ``startup_code`` runs in every new kernel and after every
     restart (e.g. ``"%load_ext autoreload\n%autoreload 2"``). ``limits`` defaults to
     ``Limits()`` (2 GiB, 1024 processes). ``read_only`` makes the root filesystem
-    read-only, /app staying writable. Use as a context manager, or ``start()`` / ``stop()``.
+    read-only, /app staying writable. ``max_output`` (characters) bounds what each
+    Result keeps: the first and last halves, with a marker between (default: all).
+    Use as a context manager, or ``start()`` / ``stop()``.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Sandbox:
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
         startup_code: str | None = None,
         read_only: bool = False,
+        max_output: int | None = None,
     ):
         self.image = _check_image(DEFAULT_IMAGE if image is None else image)
         self.backend_name = resolve_backend_name(backend)
@@ -102,6 +105,9 @@ class Sandbox:
             raise InvalidArgument(f"startup_code must be a str, not {type(startup_code).__name__}")
         self.startup_code = startup_code
         self.read_only = bool(read_only)
+        from pybox.kernel.kernel import check_max_output
+
+        self.max_output = check_max_output(max_output)
         self.token = secrets.token_urlsafe(32)
         self.id: str | None = None
         self._backend: Backend | None = None
@@ -235,7 +241,8 @@ class Sandbox:
 
     def _open_kernel(self, kernel_id: str) -> Kernel:
         kernel = Kernel(self._started_gateway(), kernel_id, interrupt_grace=self.interrupt_grace,
-                        explain_death=self._explain_death, startup_code=self.startup_code)
+                        explain_death=self._explain_death, startup_code=self.startup_code,
+                        max_output=self.max_output)
         self._kernels.append(kernel)
         return kernel
 
@@ -268,13 +275,15 @@ class Sandbox:
                 return None
             time.sleep(0.01)
 
-    def run(self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True) -> Result:
+    def run(
+        self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True, max_output: int | None = None
+    ) -> Result:
         """Run ``code`` in the default kernel and wait for its Result."""
-        return self.default_kernel.run(code, timeout=timeout, check=check)
+        return self.default_kernel.run(code, timeout=timeout, check=check, max_output=max_output)
 
-    def submit(self, code: str) -> Execution:
+    def submit(self, code: str, max_output: int | None = None) -> Execution:
         """Send ``code`` to the default kernel; returns its Execution at once."""
-        return self.default_kernel.submit(code)
+        return self.default_kernel.submit(code, max_output=max_output)
 
     def module_sources(self, names: list[str]) -> dict[str, str]:
         """The source code of modules importable in the sandbox, by name (as ipybox's

@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from contextlib import contextmanager
 
 from ipykernel.iostream import OutStream
 from ipykernel.ipkernel import IPythonKernel
 from ipykernel.zmqshell import ZMQInteractiveShell
 from traitlets import Type
-
 
 # This process's pid, kept by an at-fork hook instead of an os.getpid() system call
 # per write (~0.2 us). os.fork, os.forkpty and multiprocessing's fork start method
@@ -73,6 +73,8 @@ class FastOutStream(OutStream):
     #: gateway and the client working on different pieces at the same time, instead
     #: of as one message serialized, forwarded and parsed after the code ends.
     flush_size = 1 << 20
+    #: Characters one stream may hold before the writer waits for them to be sent.
+    backpressure_size = 4 << 20
 
     def __init__(self, *args, **kwargs):
         # Set before OutStream.__init__: it may start the fd-watching thread,
@@ -107,7 +109,8 @@ class FastOutStream(OutStream):
                 self._fast_buffers = buffers
                 self._fast_buffer = buffer
             buffer.write(string)
-            full = buffer.tell() >= self.flush_size
+            held = buffer.tell()
+            full = held >= self.flush_size
         if is_child:
             # As OutStream.write: mp.Pool cannot be trusted to flush promptly.
             if not self._subprocess_flush_pending:
@@ -119,7 +122,23 @@ class FastOutStream(OutStream):
         if full and not self._size_flush_pending:
             self._size_flush_pending = True
             self.pub_thread.schedule(self._flush_all)
+        if held >= self.backpressure_size:
+            self._wait_for_flush()
         return len(string)
+
+    def _wait_for_flush(self):
+        """Block the writer until the IOPub thread has sent what the streams hold.
+
+        A loop printing faster than the IOPub thread sends would otherwise pile its
+        output up into one huge message (50 MB seen), which every hop (kernel,
+        gateway, client) then holds whole in memory."""
+        thread = self.pub_thread.thread
+        if thread is None or not thread.is_alive() or thread.ident == threading.get_ident():
+            return
+        done = threading.Event()
+        self.pub_thread.schedule(self._flush_all)
+        self.pub_thread.schedule(done.set)
+        done.wait(self.flush_timeout)
 
     def _flush(self):
         self._size_flush_pending = False

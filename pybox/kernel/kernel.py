@@ -38,7 +38,8 @@ class Kernel:
     ``explain_death`` is asked why the channel closed (the sandbox asks its engine).
     ``channel_factory`` makes the channel (tests pass one that plays scripted messages).
     ``startup_code`` runs in the kernel now and again after every restart (e.g.
-    ``%load_ext autoreload``); if it raises, KernelError says so.
+    ``%load_ext autoreload``); if it raises, KernelError says so. ``max_output`` is
+    the default output limit of its executions (see ``submit``).
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class Kernel:
         explain_death: Callable[[], str | None] | None = None,
         channel_factory: Callable[..., KernelChannel] = KernelChannel,
         startup_code: str | None = None,
+        max_output: int | None = None,
     ):
         self.id = kernel_id
         self.gateway = gateway
@@ -76,6 +78,7 @@ class Kernel:
             self._channel.close()
             raise InvalidArgument(f"startup_code must be a str, not {type(startup_code).__name__}")
         self.startup_code = startup_code
+        self.max_output = check_max_output(max_output)
         try:
             self._run_startup_code()
         except BaseException:
@@ -103,12 +106,15 @@ class Kernel:
 
     # -- running code ----------------------------------------------------------------
 
-    def submit(self, code: str) -> Execution:
-        """Send ``code`` for execution and return its Execution at once."""
+    def submit(self, code: str, max_output: int | None = None) -> Execution:
+        """Send ``code`` for execution and return its Execution at once. ``max_output``
+        (characters; default: the kernel's ``max_output``) bounds what the Result keeps:
+        its first and last halves, with a marker between."""
         if not isinstance(code, str):
             raise InvalidArgument(f"code must be a str, not {type(code).__name__}")
+        limit = check_max_output(self.max_output if max_output is None else max_output)
         self._prepare()
-        return self._send(code)
+        return self._send(code, max_output=limit)
 
     def _prepare(self) -> None:
         """Before sending: the kernel is open and, after a restart, reachable and set up."""
@@ -118,11 +124,11 @@ class Kernel:
             self._nudge()
             self._run_startup_code()
 
-    def _send(self, code: str, store_history: bool = True) -> Execution:
+    def _send(self, code: str, store_history: bool = True, max_output: int | None = None) -> Execution:
         from pybox.execution import Execution
 
         msg = messages.execute_request(code, self._session, store_history=store_history)
-        execution = Execution(self, msg, code)
+        execution = Execution(self, msg, code, max_output)
         with self._lock:
             self._pending[execution.msg_id] = execution
         self._channel.register(execution.msg_id, execution)
@@ -133,14 +139,16 @@ class Kernel:
             raise
         return execution
 
-    def run(self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True) -> Result:
+    def run(
+        self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True, max_output: int | None = None
+    ) -> Result:
         """Execute ``code`` and wait for it. Raises ExecutionError if it raised (or
         returns it in ``Result.error`` with ``check=False``), ExecutionTimeout after
         ``timeout`` seconds (None: no limit)."""
         from pybox.execution import deadline_after
 
         deadline_after(timeout)  # validate before sending anything
-        return self.submit(code).result(timeout=timeout, check=check)
+        return self.submit(code, max_output=max_output).result(timeout=timeout, check=check)
 
     # -- control -----------------------------------------------------------------------
 
@@ -284,6 +292,14 @@ class Kernel:
         else:
             text = f"the websocket to kernel {self.id} closed: {error or 'closed by the gateway'}"
             self._fail_pending(lambda: ChannelError(text))
+
+
+def check_max_output(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 100:
+        raise InvalidArgument(f"max_output must be a number of characters of at least 100, or None, got {value!r}")
+    return value
 
 
 # Runs in the user's kernel: leaves no names behind and no history entry.
