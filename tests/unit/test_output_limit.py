@@ -42,7 +42,7 @@ def test_streams_get_their_own_markers_and_displays_can_be_dropped():
     assert "characters of stderr omitted" in result.stderr
     assert "characters of display data omitted" in result.stdout
     assert result.stdout.endswith("end\n")
-    assert result.truncated == 50 + 500 + 500 + 4 - 100  # all but 100 characters
+    assert result.truncated == 500 + 500  # stderr and the display (dropped whole: no partial bundles)
 
 
 def test_since_returns_outputs_added_after_a_sequence_number():
