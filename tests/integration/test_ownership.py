@@ -83,3 +83,45 @@ def test_interpreter_exit_stops_a_forgotten_sandbox():
     assert out.returncode == 0, out.stderr
     assert engine.inspect(out.stdout.strip()).status == "removed"
     engine.close()
+
+
+def test_twenty_clients_killed_at_random_points_leave_nothing(sandbox):
+    """Clients SIGKILLed before, during and after their start: after one cleanup, none
+    of their containers remains and the live sandbox still answers."""
+    import random
+
+    engine = get_plugins().backend(BACKEND)()
+    rng = random.Random(20)
+    clients = []
+    for _ in range(20):
+        process = subprocess.Popen([sys.executable, "-c", CLIENT, IMAGE, BACKEND], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
+        clients.append(process)
+        time.sleep(rng.uniform(0.0, 0.3))
+        victim = clients[rng.randrange(len(clients))]
+        if victim.poll() is None:
+            victim.send_signal(signal.SIGKILL)
+    for process in clients:
+        # Some were killed mid-start, some after: kill the rest once they are up or gone.
+        if process.poll() is None:
+            process.stdout.readline()
+            process.send_signal(signal.SIGKILL)
+        process.wait()
+    pids = {str(process.pid) for process in clients}
+
+    def theirs():
+        found = []
+        for container_id in engine.list_containers({"pybox": "1"}):
+            labels = engine.container_labels(container_id) or {}
+            if labels.get("pybox.pid") in pids:
+                found.append(container_id)
+        return found
+
+    # A client killed between create and its first label write leaves nothing to find;
+    # one killed after leaves a container until the cleanup.
+    out = subprocess.run([sys.executable, "-m", "pybox", "cleanup", "--backend", BACKEND],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert theirs() == []
+    assert sandbox.run("print('alive')").text == "alive"
+    engine.close()
