@@ -74,7 +74,7 @@ MISUSES = [
     ("module-sources-a-string", lambda sb, tmp: sb.module_sources("json"), pybox.InvalidArgument, ["json"]),
     ("startup-code-not-a-string", lambda sb, tmp: sandbox(startup_code=1), pybox.InvalidArgument,
      ["startup_code"]),
-    ("connect-wrong-token", lambda sb, tmp: pybox.Kernel.connect(sb.host, sb.port, "wrong", timeout=5),
+    ("connect-wrong-token", lambda sb, tmp: pybox.Kernel.connect(sb.host, sb.port, "wrong", timeout=30),
      pybox.ChannelError, ["token"]),
     ("connect-bad-port", lambda sb, tmp: pybox.Kernel.connect("127.0.0.1", True, "t"), pybox.InvalidArgument,
      ["port"]),
