@@ -26,6 +26,13 @@ GATEWAY_PORT = 8888
 WORKDIR = "/app"
 #: Label every pybox container carries; other ``pybox.*`` labels say who owns it.
 LABEL = "pybox"
+#: The image's network-policy entry point (images/sandbox/pybox-network-init).
+NETWORK_INIT = "/usr/local/sbin/pybox-network-init"
+
+
+def network_env(network: str | tuple[str, ...]) -> str:
+    """PYBOX_NETWORK's value for a policy other than "open"."""
+    return "none" if network == "none" else "allow:" + ",".join(network)
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,11 @@ class ContainerSpec:
     # Read-only root filesystem; /app stays writable (a volume of the container's own)
     # and scratch directories are tmpfs.
     read_only: bool = False
+    # "open", "none", or a tuple of allowed destinations (IPs, CIDRs, domains). Not
+    # "open": the backend starts the container as root with NET_ADMIN running
+    # NETWORK_INIT with PYBOX_NETWORK=network_env(spec.network), which applies the
+    # policy and drops to the sandbox user with no capabilities.
+    network: str | tuple[str, ...] = "open"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ sandbox only builds the spec, waits for the gateway, and hands out kernels.
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import os
+import re
 import secrets
 import threading
 import time
@@ -68,6 +70,11 @@ class Sandbox:
     ``Limits()`` (2 GiB, 1024 processes). ``read_only`` makes the root filesystem
     read-only, /app staying writable. ``max_output`` (characters) bounds what each
     Result keeps: the first and last halves, with a marker between (default: all).
+    ``network`` is ``"open"`` (default), ``"none"`` (no traffic out; the gateway still
+    answers) or a list of allowed destinations: IPv4/IPv6 addresses, CIDRs and domain
+    names (resolved at start). Outside "open", DNS is blocked (allowed domains resolve
+    from /etc/hosts) and IPv6 is blocked unless listed; the policy is applied as root
+    before the kernel starts unprivileged, so code cannot lift it.
     Use as a context manager, or ``start()`` / ``stop()``.
     """
 
@@ -85,6 +92,7 @@ class Sandbox:
         startup_code: str | None = None,
         read_only: bool = False,
         max_output: int | None = None,
+        network: str | list[str] = "open",
     ):
         self.image = _check_image(DEFAULT_IMAGE if image is None else image)
         self.backend_name = resolve_backend_name(backend)
@@ -108,6 +116,7 @@ class Sandbox:
         from pybox.kernel.kernel import check_max_output
 
         self.max_output = check_max_output(max_output)
+        self.network = check_network(network)
         self.token = secrets.token_urlsafe(32)
         self.id: str | None = None
         self._backend: Backend | None = None
@@ -152,6 +161,7 @@ class Sandbox:
             labels=owner_labels(_SESSION),
             host_port=self.port_requested,
             read_only=self.read_only,
+            network=self.network,
         )
 
     def _wait_for_gateway(self, deadline: float) -> None:
@@ -390,6 +400,32 @@ def _check_binds(binds: dict[str, str]) -> list[Bind]:
             raise InvalidArgument(f"bind host path {str(host)!r} does not exist ({host_path})")
         result.append(Bind(str(host_path), container_path(target, "bind container path")))
     return result
+
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                     r"[A-Za-z0-9])?$")
+
+
+def check_network(network: object) -> str | tuple[str, ...]:
+    if network in ("open", "none"):
+        return network  # type: ignore[return-value]
+    if isinstance(network, str) or not isinstance(network, (list, tuple)):
+        raise InvalidArgument(f"network must be 'open', 'none' or a list of allowed destinations, got {network!r}")
+    entries = []
+    for entry in network:
+        if not isinstance(entry, str) or not entry.strip():
+            raise InvalidArgument(f"network allowlist entries must be addresses, CIDRs or domains, got {entry!r}")
+        entry = entry.strip()
+        try:
+            entries.append(str(ipaddress.ip_network(entry, strict=False)) if "/" in entry
+                           else str(ipaddress.ip_address(entry)))
+            continue
+        except ValueError:
+            pass
+        if any(c.isdigit() for c in entry.split(".")[-1][:1]) or not _DOMAIN.match(entry):
+            raise InvalidArgument(f"network allowlist entry {entry!r} is not an IP address, a CIDR or a domain name")
+        entries.append(entry.lower())
+    return tuple(entries)
 
 
 def _check_env(env: dict[str, str]) -> dict[str, str]:

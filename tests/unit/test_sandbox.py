@@ -252,3 +252,24 @@ def test_explain_death_asks_the_backend(make_sandbox, monkeypatch):
 ])
 def test_container_state_describe(state, expected):
     assert state.describe() == expected
+
+
+@pytest.mark.parametrize("network,expected", [
+    ("open", "open"),
+    ("none", "none"),
+    (["10.0.0.1", "10.1.0.0/16", "2001:db8::1", "Example.COM"], ("10.0.0.1", "10.1.0.0/16", "2001:db8::1",
+                                                                  "example.com")),
+    (("10.1.2.3/8",), ("10.0.0.0/8",)),
+])
+def test_network_policies(network, expected):
+    from pybox.sandbox import check_network
+
+    assert check_network(network) == expected
+
+
+@pytest.mark.parametrize("network", ["closed", "", ["10.0.0.300"], ["bad domain"], [None], 5, ["-x.com"], ["1.2"]])
+def test_bad_network_policies(network):
+    from pybox.sandbox import check_network
+
+    with pytest.raises(InvalidArgument, match="network"):
+        check_network(network)

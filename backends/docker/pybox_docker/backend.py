@@ -18,7 +18,7 @@ import docker
 import docker.errors
 import requests
 
-from pybox.backend import WORKDIR, Backend, ContainerSpec, ContainerState, Endpoint
+from pybox.backend import NETWORK_INIT, WORKDIR, Backend, ContainerSpec, ContainerState, Endpoint, network_env
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
 
 #: Writable scratch on a read-only root: what the gateway and IPython write at run
@@ -79,14 +79,21 @@ class DockerBackend(Backend):
             "pids_limit": spec.limits.pids,
             "read_only": spec.read_only,
             "tmpfs": READ_ONLY_TMPFS if spec.read_only else None,
+            # A network policy is applied by the image's init as root with NET_ADMIN;
+            # it then drops to the sandbox user with no capabilities at all.
+            "cap_add": ["NET_ADMIN"] if spec.network != "open" else None,
+            "security_opt": ["no-new-privileges"],
         }
 
     def container_options(self, spec: ContainerSpec) -> dict:
         """Keyword arguments of docker-py's ``create_container`` (but the host config);
         subclasses extend them."""
+        policed = spec.network != "open"
+        env = {**spec.env, **({"PYBOX_NETWORK": network_env(spec.network)} if policed else {})}
         return {
-            "command": spec.command,
-            "environment": [f"{k}={v}" for k, v in spec.env.items()],
+            "command": ([NETWORK_INIT, *(spec.command or [])]) if policed else spec.command,
+            "user": "0" if policed else None,
+            "environment": [f"{k}={v}" for k, v in env.items()],
             "labels": spec.labels,
             "ports": [f"{spec.gateway_port}/tcp"],
             "name": spec.name,

@@ -26,7 +26,7 @@ import podman
 import podman.errors
 import requests
 
-from pybox.backend import WORKDIR, Backend, ContainerSpec, ContainerState, Endpoint
+from pybox.backend import NETWORK_INIT, WORKDIR, Backend, ContainerSpec, ContainerState, Endpoint, network_env
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, InvalidArgument, PyboxError
 
 #: Podman's rootful API socket (``podman system service`` as root, or podman.socket).
@@ -133,6 +133,14 @@ class PodmanBackend(Backend):
         }
         if spec.command is not None:
             body["command"] = list(spec.command)
+        body["no_new_privileges"] = True
+        if spec.network != "open":
+            # Applied by the image's init as root with NET_ADMIN, which then drops to the
+            # sandbox user with no capabilities at all.
+            body["user"] = "0"
+            body["cap_add"] = ["NET_ADMIN"]
+            body["env"]["PYBOX_NETWORK"] = network_env(spec.network)
+            body["command"] = [NETWORK_INIT, *(spec.command or [])]
         if spec.name:
             body["name"] = spec.name
         if getattr(spec, "read_only", False):
