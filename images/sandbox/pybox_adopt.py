@@ -77,6 +77,18 @@ class AdoptingKernelManager(KernelGatewayIOLoopKernelManager):
         self.execution_state = "starting"
         self.reason = ""
         self.last_activity = utcnow()
+        # How the kernel process ended when it was last found dead: Popen's returncode
+        # (negative: a signal). The gateway config reports it to clients with the
+        # "restarting" status, which the restarter sends before it restarts the kernel.
+        self.pybox_exit_code = None
+
+    async def is_alive(self):
+        alive = await super().is_alive()
+        if not alive:
+            process = getattr(self.provisioner, "process", None)
+            if process is not None:
+                self.pybox_exit_code = process.poll()
+        return alive
 
     async def _async_pre_start_kernel(self, **kw):
         if self.provisioner is None and self.kernel_spec is not None and self.kernel_spec.argv == KERNEL_ARGV \

@@ -3,6 +3,7 @@
 # late; each setting below says which of these it fixes.
 import json
 import os
+import signal
 
 from jupyter_client.jsonutil import json_default
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
@@ -25,6 +26,13 @@ c.KernelGatewayApp.port = 8888
 c.ZMQChannelsWebsocketConnection.limit_rate = False
 c.ZMQChannelsWebsocketConnection.iopub_data_rate_limit = 0.0
 c.ZMQChannelsWebsocketConnection.iopub_msg_rate_limit = 0.0
+
+
+def signal_name(number):
+    try:
+        return f"{signal.Signals(number).name} (signal {number})"
+    except ValueError:
+        return f"signal {number}"
 
 
 def oom_kills():
@@ -70,9 +78,15 @@ class PyboxChannelsConnection(ZMQChannelsWebsocketConnection):
         if status not in ("restarting", "dead"):
             return super()._send_status_message(status)
         kills = oom_kills()
-        reason = "the kernel process exited"
+        code = getattr(self.kernel_manager, "pybox_exit_code", None)  # set by pybox_adopt
+        if code is None:
+            reason = "the kernel process exited"
+        elif code < 0:
+            reason = f"the kernel process was killed by {signal_name(-code)}"
+        else:
+            reason = f"the kernel process exited with code {code}"
         if kills is not None and self._oom_kills_seen is not None and kills > self._oom_kills_seen:
-            reason = "OOMKilled: the kernel ran out of memory (the sandbox's memory limit)"
+            reason = f"OOMKilled: the kernel ran out of memory (the sandbox's memory limit); {reason}"
         self._oom_kills_seen = kills
         iopub = self.channels.get("iopub", None)
         if iopub and not iopub.closed():

@@ -149,3 +149,11 @@ def test_non_utf8_and_binary_output_arrive(shared):
     assert "ok" in result.stdout and "\ufffd" in result.stdout
     assert "b'\\x00\\x01\\x02\\x03'" in result.stdout
     assert os.environ  # (no exception reached the caller)
+
+
+def test_a_busy_port_leaves_the_sandbox_holding_it_reachable(shared):
+    # Podman 4.3 tore down the holder's port forwarding when a second start failed on it.
+    with pytest.raises(pybox.BackendError, match="in use"):
+        start(port=shared.port)
+    with pybox.Kernel.connect(shared.host, shared.port, shared.token, timeout=30) as kernel:
+        assert kernel.run("print('reachable')").text == "reachable"

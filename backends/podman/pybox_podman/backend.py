@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import socket
 import struct
 import tarfile
 from pathlib import Path
@@ -154,6 +155,10 @@ class PodmanBackend(Backend):
 
     def start(self, spec: ContainerSpec) -> str:
         api = self.api
+        if spec.host_port and self.url.startswith("unix:"):
+            # Podman 4.3, failing to start a second container on a busy port, tears down
+            # the port forwarding of the container that holds it: find out first.
+            _check_port_free(spec.host_ip, spec.host_port)
         body = self.create_options(spec)
         with self._errors("create the sandbox container"):
             response = api.post("/containers/create", data=json.dumps(body),
@@ -444,3 +449,15 @@ def _demultiplex(data: bytes) -> bytes:
 
 def _client_host(host_ip: str) -> str:
     return "127.0.0.1" if host_ip in ("", "0.0.0.0") else ("::1" if host_ip == "::" else host_ip)
+
+
+def _check_port_free(host_ip: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host_ip, port))
+        except OSError as exc:
+            raise BackendError(
+                f"port {port} on {host_ip} is already in use; choose another port or leave it unset so "
+                f"the engine picks a free one"
+            ) from exc
