@@ -91,6 +91,20 @@ def test_code_cannot_lift_the_policy(servers):
         assert sb.run(REACH, timeout=60).text == "reached blocked unresolved"
 
 
+def test_ipv6_is_blocked_unless_listed(servers):
+    from pybox.plugins import get_plugins
+
+    engine = get_plugins().backend(BACKEND)()
+    try:
+        for network, expected in ((["10.213.9.1"], "IPv6 allowed: none"),
+                                  (["10.213.9.1", "2001:db8::7"], "IPv6 allowed: 2001:db8::7")):
+            with pybox.Sandbox(image=IMAGE, backend=BACKEND, network=network) as sb:
+                assert sb.run("print('up')").text == "up"
+                assert expected in engine.logs(sb.id)  # ip6tables applied (the start fails if not)
+    finally:
+        engine.close()
+
+
 def test_an_unresolvable_allowed_domain_fails_the_start_clearly():
     with pytest.raises(pybox.StartupTimeout) as info:
         pybox.Sandbox(image=IMAGE, backend=BACKEND, network=["no-such-host.pybox-test.invalid"]).start()
