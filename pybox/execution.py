@@ -77,7 +77,8 @@ class Execution:
     # -- fed by the kernel channel's reader thread ---------------------------------
 
     def deliver(self, msg: Message) -> None:
-        if messages.msg_type(msg) == "status" and msg.get("content", {}).get("execution_state") == "busy":
+        state = messages.execution_state(msg)
+        if state == "busy":
             with self._flags:
                 self._started = True
                 cancel = self._cancel_requested
@@ -85,7 +86,7 @@ class Execution:
                 # Not from the reader thread: the interrupt is a REST call.
                 threading.Thread(target=self._interrupt_quietly, daemon=True).start()
         self._queue.put(msg)
-        if self._abandoned and _is_idle(msg):
+        if self._abandoned and state == "idle":
             self.kernel._forget(self)
 
     def fail(self, error: PyboxError) -> None:
@@ -267,6 +268,3 @@ class Execution:
         if not self._abandoned:
             self.kernel._forget(self)
 
-
-def _is_idle(msg: Message) -> bool:
-    return messages.msg_type(msg) == "status" and (msg.get("content") or {}).get("execution_state") == "idle"

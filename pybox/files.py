@@ -176,10 +176,14 @@ def _check_inside(target: Path, root: Path, name: str) -> None:
             raise UnsafeArchive(f"archive member {name!r} would be written outside {root} through a link; refused")
 
 
-def check_local_source(local: str | os.PathLike[str]) -> Path:
+def check_local_path(local: str | os.PathLike[str]) -> Path:
     if not isinstance(local, (str, os.PathLike)) or not str(local).strip():
         raise InvalidArgument(f"local path must be a non-empty path, got {local!r}")
-    path = Path(local).expanduser()
+    return Path(local).expanduser()
+
+
+def check_local_source(local: str | os.PathLike[str]) -> Path:
+    path = check_local_path(local)
     if not path.exists():
         raise InvalidArgument(f"local path {str(local)!r} does not exist")
     return path

@@ -28,6 +28,7 @@ from pybox.errors import (
 )
 from pybox.kernel import DEFAULT_INTERRUPT_GRACE, DEFAULT_TIMEOUT, Kernel
 from pybox.kernel.gateway import Gateway
+from pybox.kernel.kernel import check_max_output, check_port, check_startup_code
 from pybox.ownership import owner_labels, reap_in_background, stop_on_sigterm
 from pybox.plugins import get_plugins, resolve_backend_name
 
@@ -102,19 +103,13 @@ class Sandbox:
         if limits is not None and not isinstance(limits, Limits):
             raise InvalidArgument(f"limits must be a pybox.Limits, not {type(limits).__name__}")
         self.limits = limits or Limits()
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
-            raise InvalidArgument(f"port must be an integer between 1 and 65535, got {port!r}")
-        self.port_requested = port
+        self.port_requested = None if port is None else check_port(port)
         if not isinstance(startup_timeout, (int, float)) or startup_timeout <= 0:
             raise InvalidArgument(f"startup_timeout must be a positive number, got {startup_timeout!r}")
         self.startup_timeout = float(startup_timeout)
         self.interrupt_grace = interrupt_grace
-        if startup_code is not None and not isinstance(startup_code, str):
-            raise InvalidArgument(f"startup_code must be a str, not {type(startup_code).__name__}")
-        self.startup_code = startup_code
+        self.startup_code = check_startup_code(startup_code)
         self.read_only = bool(read_only)
-        from pybox.kernel.kernel import check_max_output
-
         self.max_output = check_max_output(max_output)
         self.network = check_network(network)
         self.token = secrets.token_urlsafe(32)
@@ -324,13 +319,12 @@ class Sandbox:
         """Copy ``remote`` (file or directory; relative paths are under /app) from the
         sandbox to ``local``. Streamed; members that would land outside ``local`` are
         refused."""
-        from pybox.files import extract_stream
+        from pybox.files import check_local_path, extract_stream
 
         source = container_path(remote, "download source")
-        if not isinstance(local, (str, os.PathLike)) or not str(local).strip():
-            raise InvalidArgument(f"local path must be a non-empty path, got {local!r}")
+        target = check_local_path(local)
         backend, container = self._started_container()
-        extract_stream(backend.get_archive(container, source), source, Path(local))
+        extract_stream(backend.get_archive(container, source), source, target)
 
     def _started_container(self) -> tuple[Backend, str]:
         self._started_gateway()

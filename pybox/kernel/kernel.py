@@ -58,6 +58,9 @@ class Kernel:
         self.id = kernel_id
         self.gateway = gateway
         self.interrupt_grace = interrupt_grace
+        # Arguments are checked before the channel opens: nothing to undo on a bad one.
+        self.startup_code = check_startup_code(startup_code)
+        self.max_output = check_max_output(max_output)
         self._delete_on_close = delete_on_close
         self._close_gateway = close_gateway
         self._explain_death = explain_death
@@ -74,11 +77,6 @@ class Kernel:
             on_closed=self._on_channel_closed,
             name=f"pybox-kernel-{kernel_id[:8]}",
         )
-        if startup_code is not None and not isinstance(startup_code, str):
-            self._channel.close()
-            raise InvalidArgument(f"startup_code must be a str, not {type(startup_code).__name__}")
-        self.startup_code = startup_code
-        self.max_output = check_max_output(max_output)
         try:
             self._run_startup_code()
         except BaseException:
@@ -92,9 +90,7 @@ class Kernel:
         """Attach to a sandbox's gateway started elsewhere (another process, another
         host). Creates a new kernel there unless ``kernel_id`` names an existing one;
         a kernel created here is shut down by ``close()``."""
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise InvalidArgument(f"port must be an integer between 1 and 65535, got {port!r}")
-        gateway = Gateway(host, port, token)
+        gateway = Gateway(host, check_port(port), token)
         try:
             gateway.wait_ready(time.monotonic() + timeout)
             created = kernel_id is None
@@ -270,9 +266,9 @@ class Kernel:
     def _on_unrouted(self, msg: Message) -> None:
         # The gateway tells every client of a kernel that died and was restarted
         # (or could not be) with a status message that has no parent.
-        if messages.msg_type(msg) != "status" or self._restarting:
+        if self._restarting:
             return
-        state = (msg.get("content") or {}).get("execution_state")
+        state = messages.execution_state(msg)
         if state in ("restarting", "dead"):
             self._needs_nudge = True
             # The container runs on (the gateway restarted the kernel); pybox's gateway
@@ -292,6 +288,18 @@ class Kernel:
         else:
             text = f"the websocket to kernel {self.id} closed: {error or 'closed by the gateway'}"
             self._fail_pending(lambda: ChannelError(text))
+
+
+def check_port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise InvalidArgument(f"port must be an integer between 1 and 65535, got {value!r}")
+    return value
+
+
+def check_startup_code(value: object) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidArgument(f"startup_code must be a str, not {type(value).__name__}")
+    return value
 
 
 def check_max_output(value: int | None) -> int | None:

@@ -75,6 +75,14 @@ def msg_type(msg: Message) -> str:
     return (msg.get("header") or {}).get("msg_type") or msg.get("msg_type", "")
 
 
+def execution_state(msg: Message) -> str | None:
+    """The kernel state a ``status`` message announces (busy, idle, restarting...),
+    or None for any other message."""
+    if msg_type(msg) != "status":
+        return None
+    return (msg.get("content") or {}).get("execution_state")
+
+
 def to_output(msg: Message) -> Output | None:
     """The typed output an iopub message carries, or None for bookkeeping messages
     (status, execute_input, clear_output, comms)."""
