@@ -25,6 +25,7 @@ import time
 import pybox
 from pybox.backend import ContainerSpec
 from pybox.kernel.gateway import Gateway
+from pybox.launch import prepare_launch
 from pybox.plugins import get_plugins
 
 
@@ -122,9 +123,10 @@ def stock_gateway(image: str, backend_name: str | None, runs: int) -> None:
         labels={"pybox": "1", "pybox.benchmark": "stock-gateway"},
         command=["jupyter", "kernelgateway", "--KernelGatewayApp.ip=0.0.0.0", "--KernelGatewayApp.port=8888"],
     )
-    container = backend.start(spec)
+    plan = prepare_launch(spec, backend)
+    container = backend.start(plan)
     try:
-        endpoint = backend.endpoint(container, spec)
+        endpoint = backend.endpoint(container, plan)
         Gateway(endpoint.host, endpoint.port, token).wait_ready(time.monotonic() + 60)
         with pybox.Kernel.connect(endpoint.host, endpoint.port, token) as kernel:
             times, lost = round_trips(kernel, runs)

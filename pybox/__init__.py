@@ -8,7 +8,9 @@ plain blocking Python.
 
 __version__ = "0.1.0"
 
-from pybox.backend import Backend, ContainerSpec, ContainerState, Endpoint, Limits
+from typing import Any
+
+from pybox.backend import Backend, ContainerSpec, ContainerState, Endpoint, LaunchPlan, Limits
 from pybox.errors import (
     BackendError,
     BackendNotFound,
@@ -26,29 +28,29 @@ from pybox.errors import (
     UnsafeArchive,
     UnsupportedOperation,
 )
-from pybox.execution import Execution
 from pybox.hookspecs import hookimpl
-from pybox.kernel import Kernel
+from pybox.image_contract import DEFAULT_IMAGE
+from pybox.kernel import DEFAULT_TIMEOUT, Kernel
+from pybox.kernel.execution import Execution
+from pybox.options import SandboxOptions
 from pybox.outputs import DisplayData, ErrorOutput, ExecuteResult, Output, Result, Stderr, Stdout
-from pybox.sandbox import DEFAULT_IMAGE, Sandbox
-from pybox.workspace import CodeExecutor, ExecutionEnvironment, ExecutionLog, Workspace, execution_environment
+from pybox.ownership import disable_process_hooks
+from pybox.sandbox import Sandbox
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "DEFAULT_TIMEOUT",
     "Backend",
     "BackendError",
     "BackendNotFound",
     "BackendUnavailable",
     "ChannelError",
-    "CodeExecutor",
     "ContainerSpec",
     "ContainerState",
     "DisplayData",
     "Endpoint",
     "ErrorOutput",
     "ExecuteResult",
-    "ExecutionEnvironment",
-    "ExecutionLog",
     "Execution",
     "ExecutionError",
     "ExecutionTimeout",
@@ -57,18 +59,33 @@ __all__ = [
     "Kernel",
     "KernelDied",
     "KernelError",
+    "LaunchPlan",
     "Limits",
     "Output",
     "PyboxError",
     "Result",
     "Sandbox",
     "SandboxClosed",
+    "SandboxOptions",
     "StartupTimeout",
     "Stderr",
     "Stdout",
     "UnsafeArchive",
     "UnsupportedOperation",
-    "Workspace",
-    "execution_environment",
+    "disable_process_hooks",
     "hookimpl",
 ]
+
+# The freeact layer moved to pybox.freeact; its old names here work until pybox 0.3.
+_MOVED_TO_FREEACT = ("CodeExecutor", "ExecutionEnvironment", "ExecutionLog", "Workspace", "execution_environment")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_FREEACT:
+        import warnings
+
+        from pybox import freeact
+
+        warnings.warn(f"pybox.{name} is deprecated: use pybox.freeact.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(freeact, name)
+    raise AttributeError(f"module 'pybox' has no attribute {name!r}")

@@ -1,10 +1,12 @@
 """The plugin boundary: what a container backend does, and the values it exchanges.
 
-A backend turns a :class:`ContainerSpec` into a running container whose kernel
-gateway listens on ``spec.gateway_port`` inside, reports where the client reaches
-it (:class:`Endpoint`), says how the container is doing (:class:`ContainerState`),
-moves files as tar streams, and removes what it started. Core code only ever talks
-to this class; backends are found through plugins (``pybox.plugins``).
+A backend turns a :class:`LaunchPlan` (decided by core, ``pybox.launch``) into a
+running container whose kernel gateway listens on ``plan.gateway_port`` inside,
+reports where the client reaches it (:class:`Endpoint`), says how the container is
+doing (:class:`ContainerState`), moves files as tar streams, and removes what it
+started. It translates the plan into its engine's words and decides nothing about
+how the image is run. Core code only ever talks to this class; backends are found
+through plugins (``pybox.plugins``).
 
 Errors: a backend raises pybox errors only (``BackendUnavailable``, ``ImageNotFound``,
 ``BackendError``...), chaining its SDK's exception with ``raise ... from exc``.
@@ -13,115 +15,55 @@ Errors: a backend raises pybox errors only (``BackendUnavailable``, ``ImageNotFo
 from __future__ import annotations
 
 import abc
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Iterable, Iterator
+from typing import Callable, ClassVar, Iterable, Iterator, Mapping
 
 from pybox.errors import UnsupportedOperation
+from pybox.image_contract import GATEWAY_PORT, NETWORK_INIT, WORKDIR
+from pybox.spec import (
+    LABEL,
+    Bind,
+    ContainerSpec,
+    ContainerState,
+    Endpoint,
+    LaunchPlan,
+    Limits,
+    PublishedPort,
+    Scratch,
+)
 
-#: Port of the kernel gateway inside the container.
-GATEWAY_PORT = 8888
-#: Working directory of the kernel inside the container; relative sandbox paths start here.
-WORKDIR = "/app"
-#: Label every pybox container carries; other ``pybox.*`` labels say who owns it.
-LABEL = "pybox"
-#: The image's network-policy entry point (images/sandbox/pybox-network-init).
-NETWORK_INIT = "/usr/local/sbin/pybox-network-init"
+__all__ = [
+    "ALL_FEATURES",
+    "BINDS",
+    "GATEWAY_PORT",
+    "LABEL",
+    "LIMITS",
+    "NETWORK_INIT",
+    "NETWORK_POLICY",
+    "READ_ONLY",
+    "WORKDIR",
+    "Backend",
+    "Bind",
+    "ContainerSpec",
+    "ContainerState",
+    "Endpoint",
+    "LaunchPlan",
+    "Limits",
+    "PublishedPort",
+    "Scratch",
+]
 
-
-def network_env(network: str | tuple[str, ...]) -> str:
-    """PYBOX_NETWORK's value for a policy other than "open"."""
-    return "none" if network == "none" else "allow:" + ",".join(network)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits of a sandbox container. ``memory`` as the engine takes it
-    (``"512m"``, ``"2g"`` or bytes), ``cpus`` as a fraction of cores, ``pids`` the
-    maximum number of processes. The defaults keep a runaway program (a memory hog,
-    a fork bomb) from taking the host down; None leaves the engine's default (none)."""
-
-    memory: str | int | None = "2g"
-    cpus: float | None = None
-    pids: int | None = 1024
-
-    def __post_init__(self) -> None:
-        from pybox.errors import InvalidArgument
-
-        if self.memory is not None and not (
-            (isinstance(self.memory, int) and not isinstance(self.memory, bool) and self.memory > 0)
-            or (isinstance(self.memory, str) and re.fullmatch(r"\d+(\.\d+)?[bkmgBKMG]?", self.memory.strip()))
-        ):
-            raise InvalidArgument(f"memory limit must be bytes or a size such as '512m' or '2g', got {self.memory!r}")
-        if self.cpus is not None and (isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float))
-                                      or self.cpus <= 0):
-            raise InvalidArgument(f"cpus limit must be a positive number, got {self.cpus!r}")
-        if self.pids is not None and (isinstance(self.pids, bool) or not isinstance(self.pids, int) or self.pids < 16):
-            raise InvalidArgument(f"pids limit must be an integer of at least 16, got {self.pids!r}")
-
-
-@dataclass(frozen=True)
-class Bind:
-    """A host path mounted into the container at ``container`` (absolute, under /app)."""
-
-    host: str
-    container: str
-    read_only: bool = False
-
-
-@dataclass
-class ContainerSpec:
-    """Everything a backend needs to start one sandbox container."""
-
-    image: str
-    env: dict[str, str] = field(default_factory=dict)
-    binds: list[Bind] = field(default_factory=list)
-    limits: Limits = field(default_factory=Limits)
-    labels: dict[str, str] = field(default_factory=dict)
-    gateway_port: int = GATEWAY_PORT
-    host_port: int | None = None  # None: the engine picks a free port
-    host_ip: str = "127.0.0.1"  # local engines publish on loopback only
-    command: list[str] | None = None  # None: the image's own command
-    name: str | None = None
-    # Read-only root filesystem; /app stays writable (a volume of the container's own)
-    # and scratch directories are tmpfs.
-    read_only: bool = False
-    # "open", "none", or a tuple of allowed destinations (IPs, CIDRs, domains). Not
-    # "open": the backend starts the container as root with NET_ADMIN running
-    # NETWORK_INIT with PYBOX_NETWORK=network_env(spec.network), which applies the
-    # policy and drops to the sandbox user with no capabilities.
-    network: str | tuple[str, ...] = "open"
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the client reaches the container's gateway."""
-
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    """A container's state as the engine reports it."""
-
-    running: bool
-    status: str = ""
-    exit_code: int | None = None
-    oom_killed: bool = False
-    error: str = ""
-
-    def describe(self) -> str:
-        """Why the container is not running, in a few words ('OOMKilled', 'exit code 137')."""
-        if self.oom_killed:
-            return f"OOMKilled (the container ran out of memory; exit code {self.exit_code})"
-        parts = [self.status or ("running" if self.running else "stopped")]
-        if self.exit_code is not None and not self.running:
-            parts.append(f"exit code {self.exit_code}")
-        if self.error:
-            parts.append(self.error)
-        return ", ".join(parts)
+# What a backend can enforce (``Backend.features``). Core refuses a sandbox option
+# whose feature its backend does not declare, instead of starting without it.
+#: Host paths bind-mounted into the container (``Sandbox(binds=...)``).
+BINDS = "binds"
+#: Memory, CPU and process limits (``Sandbox(limits=...)``).
+LIMITS = "limits"
+#: A read-only root filesystem with tmpfs scratch and a volume at /app.
+READ_ONLY = "read_only"
+#: ``network="none"`` and allowlists: the image's init run as root with NET_ADMIN.
+NETWORK_POLICY = "network_policy"
+ALL_FEATURES = frozenset({BINDS, LIMITS, READ_ONLY, NETWORK_POLICY})
 
 
 class Backend(abc.ABC):
@@ -138,17 +80,27 @@ class Backend(abc.ABC):
     name: ClassVar[str] = ""
     #: One line shown by ``pybox backends``.
     description: ClassVar[str] = ""
+    #: What this backend enforces (BINDS, LIMITS, READ_ONLY, NETWORK_POLICY). Core
+    #: refuses an option whose feature is missing here, with UnsupportedOperation.
+    features: ClassVar[frozenset[str]] = frozenset()
+    #: Why a feature is missing and what to do instead, by feature (used in the refusal).
+    unsupported_hints: ClassVar[Mapping[str, str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
 
-    @abc.abstractmethod
-    def start(self, spec: ContainerSpec) -> str:
-        """Create and start a container from ``spec``; return the engine's container id.
-        Publish ``spec.gateway_port`` on ``spec.host_ip:spec.host_port`` (engine's
-        choice of port when None). Raise ImageNotFound for a missing image."""
+    def adjust_plan(self, plan: LaunchPlan) -> None:
+        """Change the plan for what this engine needs before it is checked and started
+        (e.g. publish on another address). Default: nothing."""
 
     @abc.abstractmethod
-    def endpoint(self, container_id: str, spec: ContainerSpec) -> Endpoint:
+    def start(self, plan: LaunchPlan) -> str:
+        """Create and start a container as ``plan`` says, every field honoured (or
+        UnsupportedOperation raised); return the engine's container id. Publish each
+        of ``plan.ports`` (engine's choice of host port when None). Raise ImageNotFound
+        for a missing image (never pull implicitly); remove what a failed start made."""
+
+    @abc.abstractmethod
+    def endpoint(self, container_id: str, plan: LaunchPlan) -> Endpoint:
         """Host and port at which this client reaches the container's gateway."""
 
     @abc.abstractmethod

@@ -19,8 +19,8 @@ from typing import Callable
 
 from pybox.backend import Backend
 from pybox.errors import BackendError, InvalidArgument
+from pybox.image_contract import DEFAULT_IMAGE, images_dir
 from pybox.plugins import get_plugins
-from pybox.sandbox import DEFAULT_IMAGE
 
 #: Base image used where a registry is reachable.
 REGISTRY_BASE = "python:3.11-slim-bookworm"
@@ -30,13 +30,6 @@ BOOTSTRAP_BASE = "pybox-base:bookworm"
 CA_BUNDLE_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 
 Progress = Callable[[str], None]
-
-
-def images_dir() -> Path:
-    """The directory holding the image definitions (``images/`` of the source tree)."""
-    import pybox_images
-
-    return Path(list(pybox_images.__path__)[0])
 
 
 def default_ca_bundle() -> Path | None:

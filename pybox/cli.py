@@ -73,8 +73,8 @@ def _doctor(args: argparse.Namespace) -> int:
     import shutil
 
     from pybox.build import REGISTRY_BASE
+    from pybox.image_contract import DEFAULT_IMAGE
     from pybox.plugins import get_plugins, resolve_backend_name
-    from pybox.sandbox import DEFAULT_IMAGE
 
     problems = 0
 
@@ -137,7 +137,7 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from pybox.sandbox import DEFAULT_IMAGE
+    from pybox.image_contract import DEFAULT_IMAGE
 
     root = argparse.ArgumentParser(prog="pybox", description="Run Python code in sandboxed IPython kernels.")
     commands = root.add_subparsers(dest="command", required=True)

@@ -8,10 +8,11 @@ never leave pybox raw: they are wrapped in one of these and chained with
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pybox.outputs import Result
+# ``result`` payloads are pybox.Result objects. They are typed as Any because this
+# module sits below every other one in pybox (outputs.py imports it, not the reverse).
+Result = Any
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 

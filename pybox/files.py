@@ -16,10 +16,8 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterable, Iterator
 
 from pybox.errors import InvalidArgument, PyboxError, UnsafeArchive
+from pybox.image_contract import SANDBOX_GID, SANDBOX_UID
 
-#: Owner of uploaded files inside the sandbox (the image's non-root user).
-SANDBOX_UID = 1000
-SANDBOX_GID = 1000
 CHUNK = 1 << 20
 
 

@@ -18,6 +18,7 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from pybox.backend import Backend
+    from pybox.spec import LaunchPlan
 
 PROJECT_NAME = "pybox"
 
@@ -33,4 +34,20 @@ def pybox_register_backends(register: Callable[[type[Backend]], None]) -> None:
     ``name`` (what ``Sandbox(backend=...)`` and ``PYBOX_BACKEND`` select). Called once
     per process, the first time a backend is looked up; keep it cheap (import the
     engine's SDK in the class, not here).
+    """
+
+
+@hookspec
+def pybox_adjust_launch_plan(plan: LaunchPlan, backend: str) -> None:
+    """Adjust how a sandbox container is started, in place, before the backend starts it.
+
+    ``plan`` is the :class:`pybox.spec.LaunchPlan` core decided for the sandbox's
+    options (command and user, capabilities, mounts, limits in plain units...);
+    ``backend`` is the name of the backend about to start it. Every installed plugin
+    implementing this hook is called, for every sandbox on every backend (filter on
+    ``backend`` to narrow it). The plan is then checked against what the backend can
+    enforce: a plan that needs a feature it lacks is refused, never started without.
+    Keep what core decided unless you mean to change it: e.g. a policy needs
+    ``cap_add=["NET_ADMIN"]`` for the image's init, which drops every capability
+    before the gateway starts.
     """

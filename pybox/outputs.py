@@ -11,10 +11,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
+from pybox.errors import ExecutionError
+
 if TYPE_CHECKING:  # pragma: no cover
     from PIL.Image import Image
 
-    from pybox.errors import ExecutionError
 
 #: MIME types decoded into PIL images.
 IMAGE_MIME_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")

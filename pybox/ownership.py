@@ -1,19 +1,27 @@
-"""Who owns a sandbox container, and reaping the containers of owners that died.
+"""Who owns a sandbox container, and what happens to it when its owner ends.
 
 Every container carries labels naming its owner: host, process id and that
 process's start time (so a recycled pid is not mistaken for the owner), and the
 pybox session. A container whose owner on this host is gone (SIGKILLed, crashed
 before cleanup) is an orphan: ``reap_orphans`` removes it. Containers of live
 processes, and of other hosts, are never touched.
+
+Process-wide side effects, installed at the first sandbox start: an atexit handler
+and a SIGTERM handler that close this process's live sandboxes, and a background
+reaper per backend. ``disable_process_hooks()`` (or ``PYBOX_NO_PROCESS_HOOKS=1`` in
+the environment) turns all three off, for applications that manage their own.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
 import signal
 import socket
 import threading
-from typing import Callable
+import weakref
+from typing import Callable, Protocol
 
 from pybox.backend import LABEL, Backend
 from pybox.errors import PyboxError
@@ -38,7 +46,11 @@ def process_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def owner_labels(session: str) -> dict[str, str]:
+#: This process's pybox session, in every container's labels.
+SESSION = secrets.token_hex(8)
+
+
+def owner_labels(session: str = SESSION) -> dict[str, str]:
     pid = os.getpid()
     return {
         LABEL: "1",
@@ -91,6 +103,8 @@ _reap_lock = threading.Lock()
 
 def reap_in_background(make_backend: Callable[[], Backend], name: str) -> None:
     """Once per process and backend, reap orphans without delaying the caller."""
+    if not process_hooks_enabled():
+        return
     with _reap_lock:
         if name in _reaped_backends:
             return
@@ -108,24 +122,83 @@ def reap_in_background(make_backend: Callable[[], Backend], name: str) -> None:
     threading.Thread(target=work, name="pybox-reaper", daemon=True).start()
 
 
-_sigterm_installed = False
+# -- this process's live sandboxes and the process-wide hooks ------------------------------
+
+#: Environment variable that turns the process-wide hooks off ("1", "true", "yes").
+NO_PROCESS_HOOKS_ENV = "PYBOX_NO_PROCESS_HOOKS"
 
 
-def stop_on_sigterm(stop_all: Callable[[], None]) -> None:
-    """On SIGTERM, stop the live sandboxes, then die of SIGTERM as before. Only where
-    the application left SIGTERM alone, and only from the main thread."""
-    global _sigterm_installed
-    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        return
+class Closeable(Protocol):
+    def close(self) -> None: ...
 
-    def handler(signum: int, frame: object) -> None:
+
+_live: weakref.WeakSet[Closeable] = weakref.WeakSet()
+_hooks_disabled = False
+_hooks_lock = threading.Lock()
+_atexit_installed = False
+_sigterm_handler: Callable[[int, object], None] | None = None
+
+
+def process_hooks_enabled() -> bool:
+    flag = os.environ.get(NO_PROCESS_HOOKS_ENV, "").strip().lower()
+    return not _hooks_disabled and flag not in ("1", "true", "yes", "on")
+
+
+def disable_process_hooks() -> None:
+    """No atexit handler, SIGTERM handler or background reaper from pybox in this
+    process: the application closes its sandboxes itself (``pybox cleanup`` removes
+    what a crash leaves). Hooks already installed are removed."""
+    global _hooks_disabled, _atexit_installed, _sigterm_handler
+    with _hooks_lock:
+        _hooks_disabled = True
+        if _atexit_installed:
+            atexit.unregister(close_live_sandboxes)
+            _atexit_installed = False
+        if _sigterm_handler is not None and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is _sigterm_handler:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            _sigterm_handler = None
+
+
+def track_live(sandbox: Closeable) -> None:
+    """Remember a started sandbox (weakly) so that the process hooks can close it."""
+    _live.add(sandbox)
+
+
+def untrack_live(sandbox: Closeable) -> None:
+    _live.discard(sandbox)
+
+
+def close_live_sandboxes() -> None:
+    """Close every live sandbox of this process (interpreter exit, SIGTERM)."""
+    for sandbox in list(_live):
         try:
-            stop_all()
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+            sandbox.close()
+        except Exception:
+            pass
 
-    signal.signal(signal.SIGTERM, handler)
-    _sigterm_installed = True
+
+def install_process_hooks() -> None:
+    """At a sandbox start: the atexit handler, and the SIGTERM handler where the
+    application left SIGTERM alone (main thread only). Once per process."""
+    global _atexit_installed, _sigterm_handler
+    if not process_hooks_enabled():
+        return
+    with _hooks_lock:
+        if not _atexit_installed:
+            atexit.register(close_live_sandboxes)
+            _atexit_installed = True
+        if _sigterm_handler is not None or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def handler(signum: int, frame: object) -> None:
+            try:
+                close_live_sandboxes()
+            finally:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, handler)
+        _sigterm_handler = handler

@@ -2,12 +2,14 @@
 ``pm.hook.*`` directly and never imports a backend.
 
 Plugins come from the ``pybox`` entry-point group. ``PYBOX_DISABLE_PLUGINS``
-(comma-separated entry-point names) blocks some; a plugin that fails to import is
-recorded and reported when its backend is asked for, instead of breaking the rest.
+(comma-separated entry-point names) blocks some; a plugin that fails to import or to
+register (e.g. its engine's SDK is not installed: ``require_module``) is recorded and
+reported when its backend is asked for, instead of breaking the rest.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from dataclasses import dataclass
@@ -17,7 +19,8 @@ import pluggy
 
 from pybox import hookspecs
 from pybox.backend import Backend
-from pybox.errors import BackendError, BackendNotFound
+from pybox.errors import BackendError, BackendNotFound, BackendUnavailable, PyboxError
+from pybox.spec import LaunchPlan
 
 ENTRY_POINT_GROUP = "pybox"
 #: Backend used when neither ``Sandbox(backend=...)`` nor ``PYBOX_BACKEND`` picks one.
@@ -41,7 +44,9 @@ class Plugins:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self._distributions: dict[str, str] = {}
+        #: Plugins that failed to load or register, by plugin name: the reason.
         self.load_errors: dict[str, str] = {}
+        self._load_exceptions: dict[str, PyboxError] = {}
         self._backends: dict[str, BackendInfo] | None = None
         self._lock = threading.Lock()
         for name in _blocked():
@@ -92,8 +97,20 @@ class Plugins:
                     )
                 found[cls.name] = BackendInfo(cls.name, cls, _plugin, self._distributions.get(_plugin, ""))
 
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except BackendError:
+                raise  # the plugin registered something wrong: its author must know
+            except Exception as exc:  # a plugin that cannot register must not break the others
+                self.load_errors[plugin_name] = str(exc) if isinstance(exc, PyboxError) else (
+                    f"{type(exc).__name__}: {exc}")
+                if isinstance(exc, PyboxError):
+                    self._load_exceptions[plugin_name] = exc
         return found
+
+    def adjust_launch_plan(self, plan: LaunchPlan, backend: str) -> None:
+        """Let every plugin adjust ``plan`` (hook ``pybox_adjust_launch_plan``)."""
+        self._pm.hook.pybox_adjust_launch_plan(plan=plan, backend=backend)
 
     def backend(self, name: str | None = None) -> type[Backend]:
         """The backend class called ``name`` (None: ``PYBOX_BACKEND`` or the default)."""
@@ -101,9 +118,22 @@ class Plugins:
         backends = self.backends()
         if name in backends:
             return backends[name].cls
+        if name in self._load_exceptions:
+            raise self._load_exceptions[name].with_traceback(None)
         if name in self.load_errors:
             raise BackendError(f"the plugin providing backend {name!r} failed to load: {self.load_errors[name]}")
         raise BackendNotFound(name, list(backends))
+
+
+def require_module(module: str, *, backend: str, extra: str) -> None:
+    """For a backend plugin's register hook: raise BackendUnavailable naming the extra
+    to install when the engine SDK ``module`` is missing. The plugin is then disabled
+    and says why; the other backends still load."""
+    if importlib.util.find_spec(module) is None:
+        raise BackendUnavailable(
+            f"the {backend} backend needs the {module!r} package, which is not installed",
+            f"install it with `pip install 'pybox[{extra}]'`",
+        )
 
 
 def resolve_backend_name(name: str | None) -> str:

@@ -1,63 +1,63 @@
 """The Sandbox: one container with a kernel gateway, and the kernels in it.
 
-The container's lifecycle belongs to a backend found through the plugins; the
-sandbox only builds the spec, waits for the gateway, and hands out kernels.
+What the sandbox is made of is checked by ``SandboxOptions``; how its container is
+started is decided by ``pybox.launch``; the container's lifecycle belongs to a
+backend found through the plugins; waiting for the gateway and adopting its first
+kernel belong to the gateway client. The sandbox holds the container and its kernels.
 """
 
 from __future__ import annotations
 
-import atexit
-import ipaddress
 import os
-import re
 import secrets
 import threading
 import time
-import weakref
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import Mapping
 
-from pybox.backend import WORKDIR, Backend, Bind, ContainerSpec, Limits
+from pybox.backend import Backend, Bind, ContainerSpec, Limits
 from pybox.errors import (
     BackendUnavailable,
-    ChannelError,
     InvalidArgument,
     PyboxError,
     SandboxClosed,
     StartupTimeout,
 )
-from pybox.kernel import DEFAULT_INTERRUPT_GRACE, DEFAULT_TIMEOUT, Kernel
+from pybox.files import check_local_path, check_local_source, extract_stream, upload_stream
+from pybox.image_contract import DEFAULT_IMAGE, PRESPAWN_ENV, TOKEN_ENV, WORKDIR
+from pybox.kernel import Kernel
+from pybox.kernel.execution import Execution
 from pybox.kernel.gateway import Gateway
-from pybox.kernel.kernel import check_max_output, check_port, check_startup_code
-from pybox.ownership import owner_labels, reap_in_background, stop_on_sigterm
+from pybox.launch import prepare_launch
+from pybox.options import (
+    DEFAULT_INTERRUPT_GRACE,
+    DEFAULT_STARTUP_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    Network,
+    SandboxOptions,
+    check_network,
+    container_path,
+)
+from pybox.outputs import Result
+from pybox.ownership import (
+    SESSION,
+    install_process_hooks,
+    owner_labels,
+    reap_in_background,
+    track_live,
+    untrack_live,
+)
 from pybox.plugins import get_plugins, resolve_backend_name
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pybox.execution import Execution
-    from pybox.outputs import Result
+__all__ = [
+    "DEFAULT_IMAGE",
+    "PRESPAWN_ENV",
+    "TOKEN_ENV",
+    "Sandbox",
+    "check_network",
+    "container_path",
+]
 
-#: Image used when ``Sandbox(image=None)``; ``pybox build`` builds it.
-DEFAULT_IMAGE = "pybox:latest"
-#: Environment variable the gateway in the image reads its token from.
-TOKEN_ENV = "KG_AUTH_TOKEN"
-#: The gateway starts this many kernels as soon as it is up (KG_PRESPAWN_COUNT); the
-#: default kernel adopts the first, so the first run does not wait for a kernel start.
-PRESPAWN_ENV = "KG_PRESPAWN_COUNT"
-#: How long the default kernel waits for the prespawned kernel to be listed.
-PRESPAWN_WAIT = 5.0
-
-_SESSION = secrets.token_hex(8)  # this process's pybox session, in every container's labels
-_live: weakref.WeakSet[Sandbox] = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_live_sandboxes() -> None:
-    """A script that exits without stopping its sandboxes does not leave containers."""
-    for sandbox in list(_live):
-        try:
-            sandbox.stop()
-        except Exception:
-            pass
+_SESSION = SESSION  # kept for code written against 0.1
 
 
 class Sandbox:
@@ -67,7 +67,7 @@ class Sandbox:
     container paths (relative to /app, or absolute under /app). ``env`` is passed to
     the container. ``port`` fixes the host port of the gateway (default: the engine
     picks a free one). ``startup_code`` runs in every new kernel and after every
-    restart (e.g. ``"%load_ext autoreload\n%autoreload 2"``). ``limits`` defaults to
+    restart (e.g. ``"%load_ext autoreload\\n%autoreload 2"``). ``limits`` defaults to
     ``Limits()`` (2 GiB, 1024 processes). ``read_only`` makes the root filesystem
     read-only, /app staying writable. ``max_output`` (characters) bounds what each
     Result keeps: the first and last halves, with a marker between (default: all).
@@ -76,7 +76,8 @@ class Sandbox:
     names (resolved at start). Outside "open", DNS is blocked (allowed domains resolve
     from /etc/hosts) and IPv6 is blocked unless listed; the policy is applied as root
     before the kernel starts unprivileged, so code cannot lift it.
-    Use as a context manager, or ``start()`` / ``stop()``.
+    ``options`` takes a ready :class:`~pybox.options.SandboxOptions` instead.
+    Use as a context manager, or ``start()`` / ``close()``.
     """
 
     def __init__(
@@ -84,34 +85,30 @@ class Sandbox:
         image: str | None = None,
         backend: str | None = None,
         *,
-        binds: dict[str, str] | None = None,
-        env: dict[str, str] | None = None,
+        binds: Mapping[str | os.PathLike[str], str] | None = None,
+        env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
         port: int | None = None,
-        startup_timeout: float = 60.0,
+        startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
         startup_code: str | None = None,
         read_only: bool = False,
         max_output: int | None = None,
-        network: str | list[str] = "open",
+        network: str | list[str] | tuple[str, ...] = "open",
+        options: SandboxOptions | None = None,
     ):
-        self.image = _check_image(DEFAULT_IMAGE if image is None else image)
-        self.backend_name = resolve_backend_name(backend)
+        if options is None:
+            options = SandboxOptions(
+                image=DEFAULT_IMAGE if image is None else image, backend=backend, binds=binds,  # type: ignore[arg-type]
+                env=env or {}, limits=limits, port=port,  # type: ignore[arg-type]
+                startup_timeout=startup_timeout, interrupt_grace=interrupt_grace, startup_code=startup_code,
+                read_only=read_only, max_output=max_output, network=network,  # type: ignore[arg-type]
+            )
+        elif not isinstance(options, SandboxOptions):
+            raise InvalidArgument(f"options must be a pybox.options.SandboxOptions, not {type(options).__name__}")
+        self.options = options
+        self.backend_name = resolve_backend_name(options.backend)
         self._backend_cls = get_plugins().backend(self.backend_name)  # unknown names fail here
-        self.binds = _check_binds(binds or {})
-        self.env = _check_env(env or {})
-        if limits is not None and not isinstance(limits, Limits):
-            raise InvalidArgument(f"limits must be a pybox.Limits, not {type(limits).__name__}")
-        self.limits = limits or Limits()
-        self.port_requested = None if port is None else check_port(port)
-        if not isinstance(startup_timeout, (int, float)) or startup_timeout <= 0:
-            raise InvalidArgument(f"startup_timeout must be a positive number, got {startup_timeout!r}")
-        self.startup_timeout = float(startup_timeout)
-        self.interrupt_grace = interrupt_grace
-        self.startup_code = check_startup_code(startup_code)
-        self.read_only = bool(read_only)
-        self.max_output = check_max_output(max_output)
-        self.network = check_network(network)
         self.token = secrets.token_urlsafe(32)
         self.id: str | None = None
         self._backend: Backend | None = None
@@ -122,24 +119,74 @@ class Sandbox:
         self._lock = threading.RLock()
         self._closed = False
 
+    # The options, under the names they have as arguments (read-only).
+
+    @property
+    def image(self) -> str:
+        return self.options.image
+
+    @property
+    def binds(self) -> list[Bind]:
+        return list(self.options.binds)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(self.options.env)
+
+    @property
+    def limits(self) -> Limits:
+        return self.options.limits
+
+    @property
+    def port_requested(self) -> int | None:
+        return self.options.port
+
+    @property
+    def startup_timeout(self) -> float:
+        return self.options.startup_timeout
+
+    @property
+    def interrupt_grace(self) -> float:
+        return self.options.interrupt_grace
+
+    @property
+    def startup_code(self) -> str | None:
+        return self.options.startup_code
+
+    @property
+    def read_only(self) -> bool:
+        return self.options.read_only
+
+    @property
+    def max_output(self) -> int | None:
+        return self.options.max_output
+
+    @property
+    def network(self) -> Network:
+        return self.options.network
+
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> Sandbox:
         """Start the container and wait until its gateway answers. Idempotent."""
         with self._lock:
             if self._closed:
-                raise SandboxClosed("this sandbox was stopped; create a new Sandbox")
+                raise SandboxClosed("this sandbox was closed; create a new Sandbox")
             if self.id is not None:
                 return self
-            deadline = time.monotonic() + self.startup_timeout
-            self._backend = self._backend_cls()
-            spec = self._spec()
-            reap_in_background(self._backend_cls, self.backend_name)  # containers of dead owners
-            stop_on_sigterm(_stop_live_sandboxes)
-            self.id = self._backend.start(spec)
-            _live.add(self)
+            deadline = time.monotonic() + self.options.startup_timeout
+            backend = self._backend = self._backend_cls()
             try:
-                endpoint = self._backend.endpoint(self.id, spec)
+                plan = prepare_launch(self._spec(), backend, get_plugins().adjust_launch_plan)
+            except BaseException:
+                self._teardown()
+                raise
+            reap_in_background(self._backend_cls, self.backend_name)  # containers of dead owners
+            install_process_hooks()
+            self.id = backend.start(plan)
+            track_live(self)
+            try:
+                endpoint = backend.endpoint(self.id, plan)
                 self._gateway = Gateway(endpoint.host, endpoint.port, self.token)
                 self._wait_for_gateway(deadline)
             except BaseException:
@@ -148,41 +195,39 @@ class Sandbox:
         return self
 
     def _spec(self) -> ContainerSpec:
+        options = self.options
         return ContainerSpec(
-            image=self.image,
-            env={**self.env, TOKEN_ENV: self.token, PRESPAWN_ENV: "1"},
-            binds=self.binds,
-            limits=self.limits,
-            labels=owner_labels(_SESSION),
-            host_port=self.port_requested,
-            read_only=self.read_only,
-            network=self.network,
+            image=options.image,
+            env={**options.env, TOKEN_ENV: self.token, PRESPAWN_ENV: "1"},
+            binds=list(options.binds),
+            limits=options.limits,
+            labels=owner_labels(),
+            host_port=options.port,
+            read_only=options.read_only,
+            network=options.network,
         )
 
     def _wait_for_gateway(self, deadline: float) -> None:
         assert self._backend is not None and self._gateway is not None and self.id is not None
-        checks = 0
-        while True:
-            if self._gateway.ready(timeout=0.5):
-                return
-            checks += 1
-            if checks % 10 == 0:  # a container that exited will never answer: say so now
-                state = self._backend.inspect(self.id)
-                if not state.running:
-                    raise StartupTimeout(
-                        f"sandbox container {self.id[:12]} from image {self.image!r} stopped before its "
-                        f"kernel gateway answered ({state.describe()})",
-                        self._backend.logs(self.id),
-                    )
-            if time.monotonic() >= deadline:
-                raise StartupTimeout(
-                    f"the kernel gateway in container {self.id[:12]} did not answer within "
-                    f"{self.startup_timeout:g} s",
-                    self._backend.logs(self.id),
-                )
-            time.sleep(0.01)
+        backend, container = self._backend, self.id
 
-    def stop(self) -> None:
+        def check_alive() -> None:  # a container that exited will never answer: say so now
+            state = backend.inspect(container)
+            if not state.running:
+                raise StartupTimeout(
+                    f"sandbox container {container[:12]} from image {self.image!r} stopped before its "
+                    f"kernel gateway answered ({state.describe()})",
+                    backend.logs(container),
+                )
+
+        if not self._gateway.wait_until_ready(deadline, check_alive):
+            raise StartupTimeout(
+                f"the kernel gateway in container {container[:12]} did not answer within "
+                f"{self.options.startup_timeout:g} s",
+                backend.logs(container),
+            )
+
+    def close(self) -> None:
         """Close every kernel and remove the container. Idempotent."""
         with self._lock:
             if self._closed:
@@ -190,11 +235,13 @@ class Sandbox:
             self._closed = True
             self._teardown()
 
+    #: The same as ``close()`` (the name the design card uses for manual lifecycle).
+    stop = close
+
     def _teardown(self) -> None:
-        _live.discard(self)
+        untrack_live(self)
         for kernel in self._kernels:
-            kernel._delete_on_close = False  # the container goes: no need to ask it first
-            kernel.close()
+            kernel.close(shutdown=False)  # the container goes: no need to ask it first
         self._kernels.clear()
         self._default = None
         if self._gateway is not None:
@@ -208,12 +255,12 @@ class Sandbox:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self.close()
 
     def __del__(self) -> None:  # a forgotten sandbox must not outlive its owner's objects
         try:
             if not self._closed and self.id is not None:
-                self.stop()
+                self.close()
         except Exception:
             pass
 
@@ -231,7 +278,7 @@ class Sandbox:
 
     def _started_gateway(self) -> Gateway:
         if self._closed:
-            raise SandboxClosed("this sandbox was stopped")
+            raise SandboxClosed("this sandbox was closed")
         if self._gateway is None:
             raise InvalidArgument("the sandbox is not started; call start() or use it in a with block")
         return self._gateway
@@ -240,14 +287,15 @@ class Sandbox:
 
     def kernel(self) -> Kernel:
         """A new kernel in this container: own state, same filesystem. Close it (or
-        use it as a context manager) when done; ``stop()`` closes it anyway."""
+        use it as a context manager) when done; ``close()`` closes it anyway."""
         with self._lock:
             return self._open_kernel(self._started_gateway().create_kernel())
 
     def _open_kernel(self, kernel_id: str) -> Kernel:
-        kernel = Kernel(self._started_gateway(), kernel_id, interrupt_grace=self.interrupt_grace,
-                        explain_death=self._explain_death, startup_code=self.startup_code,
-                        max_output=self.max_output)
+        options = self.options
+        kernel = Kernel(self._started_gateway(), kernel_id, interrupt_grace=options.interrupt_grace,
+                        explain_death=self._explain_death, startup_code=options.startup_code,
+                        max_output=options.max_output)
         self._kernels.append(kernel)
         return kernel
 
@@ -259,26 +307,11 @@ class Sandbox:
             if self._default is None or self._default.closed:
                 if self.id is None and not self._closed:
                     self.start()
-                prespawned = None if self._adopted_prespawn else self._prespawned_kernel()
+                gateway = self._started_gateway()
+                prespawned = None if self._adopted_prespawn else gateway.adopt_prespawned()
                 self._adopted_prespawn = True
                 self._default = self._open_kernel(prespawned) if prespawned else self.kernel()
             return self._default
-
-    def _prespawned_kernel(self) -> str | None:
-        gateway = self._started_gateway()
-        deadline = time.monotonic() + PRESPAWN_WAIT
-        while True:
-            try:
-                kernels = gateway.list_kernels()
-            except ChannelError:
-                # The gateway answers 500 while the prespawned kernel is half made
-                # (jupyter_server reads its last_activity before it is set): retry.
-                kernels = []
-            if kernels:
-                return kernels[0]["id"]
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.01)
 
     def run(
         self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True, max_output: int | None = None
@@ -306,8 +339,6 @@ class Sandbox:
     def upload(self, local: str | os.PathLike[str], remote: str) -> None:
         """Copy a local file or directory to ``remote`` in the sandbox (relative paths
         are under /app; parents are created; owned by the sandbox user). Streamed."""
-        from pybox.files import check_local_source, upload_stream
-
         source = check_local_source(local)
         target = container_path(remote, "upload target")
         if target == WORKDIR:
@@ -319,8 +350,6 @@ class Sandbox:
         """Copy ``remote`` (file or directory; relative paths are under /app) from the
         sandbox to ``local``. Streamed; members that would land outside ``local`` are
         refused."""
-        from pybox.files import check_local_path, extract_stream
-
         source = container_path(remote, "download source")
         target = check_local_path(local)
         backend, container = self._started_container()
@@ -351,85 +380,6 @@ class Sandbox:
             time.sleep(0.05)
 
     def __repr__(self) -> str:
-        state = "stopped" if self._closed else ("running" if self.id else "not started")
+        state = "closed" if self._closed else ("running" if self.id else "not started")
         where = f" at {self._gateway.base_url}" if self._gateway else ""
         return f"<pybox.Sandbox {self.image} on {self.backend_name}{where} {state}>"
-
-
-def _check_image(image: object) -> str:
-    if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
-        raise InvalidArgument(f"image must be an image name such as 'pybox:latest', got {image!r}")
-    return image
-
-
-def container_path(path: str, what: str = "sandbox path") -> str:
-    """A sandbox path made absolute: relative paths are under /app, and nothing may
-    leave /app."""
-    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-        raise InvalidArgument(f"{what} must be a non-empty path, got {path!r}")
-    raw = PurePosixPath(WORKDIR, str(path))
-    parts: list[str] = []
-    for part in raw.parts[1:]:
-        if part == "..":
-            if not parts:
-                raise InvalidArgument(f"{what} {str(path)!r} leaves /")
-            parts.pop()
-        elif part != ".":
-            parts.append(part)
-    resolved = "/" + "/".join(parts)
-    if resolved != WORKDIR and not resolved.startswith(WORKDIR + "/"):
-        raise InvalidArgument(f"{what} {str(path)!r} is outside {WORKDIR}, the sandbox's working directory")
-    return resolved
-
-
-def _check_binds(binds: dict[str, str]) -> list[Bind]:
-    if not isinstance(binds, dict):
-        raise InvalidArgument(f"binds must be a dict of host path -> container path, not {type(binds).__name__}")
-    result = []
-    for host, target in binds.items():
-        if not isinstance(host, (str, os.PathLike)) or not str(host).strip():
-            raise InvalidArgument(f"bind host path must be a non-empty path, got {host!r}")
-        host_path = Path(host).expanduser().resolve()
-        if not host_path.exists():
-            raise InvalidArgument(f"bind host path {str(host)!r} does not exist ({host_path})")
-        result.append(Bind(str(host_path), container_path(target, "bind container path")))
-    return result
-
-
-_DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-                     r"[A-Za-z0-9])?$")
-
-
-def check_network(network: object) -> str | tuple[str, ...]:
-    if network in ("open", "none"):
-        return network  # type: ignore[return-value]
-    if isinstance(network, str) or not isinstance(network, (list, tuple)):
-        raise InvalidArgument(f"network must be 'open', 'none' or a list of allowed destinations, got {network!r}")
-    entries = []
-    for entry in network:
-        if not isinstance(entry, str) or not entry.strip():
-            raise InvalidArgument(f"network allowlist entries must be addresses, CIDRs or domains, got {entry!r}")
-        entry = entry.strip()
-        try:
-            entries.append(str(ipaddress.ip_network(entry, strict=False)) if "/" in entry
-                           else str(ipaddress.ip_address(entry)))
-            continue
-        except ValueError:
-            pass
-        if any(c.isdigit() for c in entry.split(".")[-1][:1]) or not _DOMAIN.match(entry):
-            raise InvalidArgument(f"network allowlist entry {entry!r} is not an IP address, a CIDR or a domain name")
-        entries.append(entry.lower())
-    return tuple(entries)
-
-
-def _check_env(env: dict[str, str]) -> dict[str, str]:
-    if not isinstance(env, dict):
-        raise InvalidArgument(f"env must be a dict of str -> str, not {type(env).__name__}")
-    for key, value in env.items():
-        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
-            raise InvalidArgument(f"env variable name {key!r} is not valid")
-        if not isinstance(value, str):
-            raise InvalidArgument(f"env variable {key} must be a str, not {type(value).__name__}")
-    if TOKEN_ENV in env:
-        raise InvalidArgument(f"env may not set {TOKEN_ENV}: pybox sets the gateway token itself")
-    return dict(env)

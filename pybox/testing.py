@@ -26,6 +26,9 @@ import pytest
 import pybox
 from pybox.backend import LABEL, Backend, ContainerSpec
 from pybox.errors import BackendError, ImageNotFound, PyboxError
+from pybox.image_contract import TOKEN_ENV
+from pybox.launch import prepare_launch
+from pybox.ownership import SESSION
 from pybox.plugins import get_plugins
 
 
@@ -114,9 +117,7 @@ class BackendContract:
         assert (tmp_path / "out.txt").read_text() == "back"
 
     def test_container_carries_labels_and_is_listed(self, sandbox: pybox.Sandbox, engine: Backend) -> None:
-        from pybox.sandbox import _SESSION
-
-        assert sandbox.id in engine.list_containers({LABEL: "1", f"{LABEL}.session": _SESSION})
+        assert sandbox.id in engine.list_containers({LABEL: "1", f"{LABEL}.session": SESSION})
         assert sandbox.id not in engine.list_containers({f"{LABEL}.session": "no-such-session"})
 
     def test_running_container_is_reported_running(self, sandbox: pybox.Sandbox, engine: Backend) -> None:
@@ -128,11 +129,12 @@ class BackendContract:
     # -- lifecycle through the Backend API -------------------------------------------
 
     def test_start_stop_remove_is_idempotent(self, engine: Backend) -> None:
-        spec = ContainerSpec(image=self.image, env={"KG_AUTH_TOKEN": "contract"},
+        spec = ContainerSpec(image=self.image, env={TOKEN_ENV: "contract"},
                              labels={LABEL: "1", f"{LABEL}.contract": "1"})
-        container = engine.start(spec)
+        plan = prepare_launch(spec, engine, get_plugins().adjust_launch_plan)
+        container = engine.start(plan)
         try:
-            endpoint = engine.endpoint(container, spec)
+            endpoint = engine.endpoint(container, plan)
             assert 0 < endpoint.port < 65536 and endpoint.host
             assert engine.inspect(container).running
         finally:
@@ -145,8 +147,8 @@ class BackendContract:
         sandbox = pybox.Sandbox(image=self.image, backend=self.backend).start()
         container = sandbox.id
         assert container is not None
-        sandbox.stop()
-        sandbox.stop()
+        sandbox.close()
+        sandbox.close()
         assert engine.inspect(container).status == "removed"
 
     def test_concurrent_sandboxes_are_independent(self) -> None:

@@ -1,5 +1,6 @@
-"""The kernel channel (websocket + reader thread), the gateway's REST API, and the
-Jupyter message format: everything between pybox and an IPython kernel."""
+"""The kernel channel (websocket + reader thread), the gateway's REST API, the
+Jupyter message format and executions: everything between pybox and an IPython
+kernel."""
 
 from pybox.kernel.kernel import DEFAULT_INTERRUPT_GRACE, DEFAULT_TIMEOUT, Kernel
 

@@ -7,11 +7,14 @@ are the rare control calls, so a plain ``requests.Session`` is enough.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import requests
 
 from pybox.errors import ChannelError, KernelError
+
+#: How long ``adopt_prespawned`` waits for the prespawned kernel to be listed.
+PRESPAWN_WAIT = 5.0
 
 
 class Gateway:
@@ -68,6 +71,38 @@ class Gateway:
             if time.monotonic() >= deadline:
                 raise ChannelError(f"kernel gateway at {self.base_url} did not become ready")
             time.sleep(interval)
+
+    def wait_until_ready(self, deadline: float, check_alive: Callable[[], None] | None = None) -> bool:
+        """Poll until the gateway answers (True), calling ``check_alive`` now and then
+        (it raises when the container will never answer, e.g. it exited); False at
+        ``deadline`` (monotonic). A refused token raises ChannelError at once."""
+        checks = 0
+        while True:
+            if self.ready(timeout=0.5):
+                return True
+            checks += 1
+            if check_alive is not None and checks % 10 == 0:
+                check_alive()
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    def adopt_prespawned(self, wait: float = PRESPAWN_WAIT) -> str | None:
+        """The id of the kernel the gateway prespawned at start (PRESPAWN_ENV), or None
+        when none is listed within ``wait`` seconds."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                kernels = self.list_kernels()
+            except ChannelError:
+                # The gateway answers 500 while the prespawned kernel is half made
+                # (jupyter_server reads its last_activity before it is set): retry.
+                kernels = []
+            if kernels:
+                return str(kernels[0]["id"])
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
 
     def list_kernels(self) -> list[dict[str, Any]]:
         return self._request("GET", "/api/kernels") or []

@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from pybox.errors import (
     ChannelError,
+    ExecutionError,
     InvalidArgument,
     KernelDied,
     KernelError,
     PyboxError,
     SandboxClosed,
 )
+from pybox.image_contract import DEATH_REASON_FIELD
 from pybox.kernel import messages
 from pybox.kernel.channel import KernelChannel
+from pybox.kernel.execution import Execution, deadline_after
 from pybox.kernel.gateway import Gateway
 from pybox.kernel.messages import Message
+from pybox.options import (
+    DEFAULT_INTERRUPT_GRACE,
+    DEFAULT_TIMEOUT,
+    SandboxOptions,
+    check_max_output,
+    check_port,
+    check_seconds,
+    check_startup_code,
+)
+from pybox.outputs import Result
 
-if TYPE_CHECKING:  # pragma: no cover
-    from pybox.execution import Execution
-    from pybox.outputs import Result
-
-#: Default seconds ``run`` waits before interrupting the code (as ipybox).
-DEFAULT_TIMEOUT = 120.0
-#: Seconds a kernel gets to settle after an interrupt before it is restarted.
-DEFAULT_INTERRUPT_GRACE = 2.0
+__all__ = ["DEFAULT_INTERRUPT_GRACE", "DEFAULT_TIMEOUT", "Kernel"]
 
 
 class Kernel:
@@ -57,7 +64,7 @@ class Kernel:
     ):
         self.id = kernel_id
         self.gateway = gateway
-        self.interrupt_grace = interrupt_grace
+        self.interrupt_grace = check_seconds(interrupt_grace, "interrupt_grace", zero_ok=True)
         # Arguments are checked before the channel opens: nothing to undo on a bad one.
         self.startup_code = check_startup_code(startup_code)
         self.max_output = check_max_output(max_output)
@@ -85,17 +92,36 @@ class Kernel:
 
     @classmethod
     def connect(
-        cls, host: str, port: int, token: str, kernel_id: str | None = None, *, timeout: float = 30.0
+        cls,
+        host: str,
+        port: int,
+        token: str,
+        kernel_id: str | None = None,
+        *,
+        timeout: float = 30.0,
+        interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
+        startup_code: str | None = None,
+        max_output: int | None = None,
     ) -> Kernel:
         """Attach to a sandbox's gateway started elsewhere (another process, another
         host). Creates a new kernel there unless ``kernel_id`` names an existing one;
-        a kernel created here is shut down by ``close()``."""
-        gateway = Gateway(host, check_port(port), token)
+        a kernel created here is shut down by ``close()``. The options mean what they
+        mean for ``Sandbox``."""
+        options = SandboxOptions(port=check_port(port), interrupt_grace=interrupt_grace, startup_code=startup_code,
+                                 max_output=max_output)
+        if not isinstance(host, str) or not host.strip():
+            raise InvalidArgument(f"host must be a host name or address, got {host!r}")
+        if not isinstance(token, str) or not token:
+            raise InvalidArgument("token must be the sandbox's gateway token (a non-empty str)")
+        assert options.port is not None
+        gateway = Gateway(host, options.port, token)
         try:
-            gateway.wait_ready(time.monotonic() + timeout)
+            gateway.wait_ready(time.monotonic() + check_seconds(timeout, "timeout"))
             created = kernel_id is None
             kid = gateway.create_kernel() if created else kernel_id
-            return cls(gateway, kid, delete_on_close=created, close_gateway=True)
+            return cls(gateway, kid, delete_on_close=created, close_gateway=True,
+                       interrupt_grace=options.interrupt_grace, startup_code=options.startup_code,
+                       max_output=options.max_output)
         except BaseException:
             gateway.close()
             raise
@@ -121,8 +147,6 @@ class Kernel:
             self._run_startup_code()
 
     def _send(self, code: str, store_history: bool = True, max_output: int | None = None) -> Execution:
-        from pybox.execution import Execution
-
         msg = messages.execute_request(code, self._session, store_history=store_history)
         execution = Execution(self, msg, code, max_output)
         with self._lock:
@@ -131,7 +155,7 @@ class Kernel:
         try:
             self._channel.send(msg)
         except PyboxError:
-            self._forget(execution)
+            self.execution_finished(execution)
             raise
         return execution
 
@@ -141,8 +165,6 @@ class Kernel:
         """Execute ``code`` and wait for it. Raises ExecutionError if it raised (or
         returns it in ``Result.error`` with ``check=False``), ExecutionTimeout after
         ``timeout`` seconds (None: no limit)."""
-        from pybox.execution import deadline_after
-
         deadline_after(timeout)  # validate before sending anything
         return self.submit(code, max_output=max_output).result(timeout=timeout, check=check)
 
@@ -153,8 +175,16 @@ class Kernel:
         self._check_open()
         self.gateway.interrupt_kernel(self.id)
 
-    def restart(self, *, _timed_out: Execution | None = None) -> None:
+    def restart(self) -> None:
         """Restart the kernel: its state is lost. Pending executions end with KernelError."""
+        self._restart(None)
+
+    def restart_after_timeout(self, execution: Execution) -> None:
+        """Restart because ``execution`` ignored its interrupt: it ends with its own
+        ExecutionTimeout, the other pending executions with KernelError."""
+        self._restart(execution)
+
+    def _restart(self, timed_out: Execution | None) -> None:
         self._check_open()
         self._restarting = True
         try:
@@ -162,16 +192,17 @@ class Kernel:
         finally:
             self._restarting = False
             self._needs_nudge = True
-        self._fail_pending(lambda: KernelError(f"kernel {self.id} was restarted; its state is lost"), keep=_timed_out)
+        self._fail_pending(lambda: KernelError(f"kernel {self.id} was restarted; its state is lost"), keep=timed_out)
 
-    def close(self) -> None:
-        """Shut the kernel down and close its channel. Idempotent."""
+    def close(self, *, shutdown: bool | None = None) -> None:
+        """Close the kernel's channel and shut the kernel down (``shutdown``; default:
+        when this object created it). Idempotent."""
         if self._closed:
             return
         self._closed = True
         self._fail_pending(lambda: SandboxClosed(f"kernel {self.id} was closed while the code ran"))
         self._channel.close()
-        if self._delete_on_close:
+        if self._delete_on_close if shutdown is None else shutdown:
             try:
                 self.gateway.delete_kernel(self.id)
             except PyboxError:
@@ -209,17 +240,20 @@ class Kernel:
         code = _MODULE_SOURCES_CODE.replace("NAMES", repr(list(names)))
         self._prepare()
         result = self._send(code, store_history=False).result(timeout=timeout)
-        import json
-
         sources: dict[str, str | None] = json.loads(result.stdout)
         missing = [name for name, text in sources.items() if text is None]
         if missing:
             raise InvalidArgument(f"no Python source for module(s) {', '.join(missing)} in the sandbox")
         return {name: text for name, text in sources.items() if text is not None}
 
-    def _run_startup_code(self, timeout: float = 120.0) -> None:
-        from pybox.errors import ExecutionError
+    def set_startup_code(self, code: str | None, timeout: float = 120.0) -> None:
+        """Replace the kernel's start-up code and run it now (it runs again after every
+        restart). KernelError if it raises."""
+        self.startup_code = check_startup_code(code)
+        self._prepare()
+        self._run_startup_code(timeout)
 
+    def _run_startup_code(self, timeout: float = 120.0) -> None:
         if not self.startup_code:
             return
         try:
@@ -251,7 +285,8 @@ class Kernel:
                 self._channel.unregister(msg_id)
         raise KernelError(f"kernel {self.id} did not answer on iopub within {timeout:g} s after a restart")
 
-    def _forget(self, execution: Execution) -> None:
+    def execution_finished(self, execution: Execution) -> None:
+        """Stop routing messages to ``execution`` (called by it when it ends)."""
         self._channel.unregister(execution.msg_id)
         with self._lock:
             self._pending.pop(execution.msg_id, None)
@@ -273,7 +308,7 @@ class Kernel:
             self._needs_nudge = True
             # The container runs on (the gateway restarted the kernel); pybox's gateway
             # says why the kernel process died (e.g. OOMKilled).
-            cause = (msg.get("content") or {}).get("pybox_reason") or "the kernel process exited"
+            cause = (msg.get("content") or {}).get(DEATH_REASON_FIELD) or "the kernel process exited"
             after = ("the gateway restarted it and its state is lost" if state == "restarting"
                      else "it could not be restarted")
             reason = f"{cause}; {after}"
@@ -288,26 +323,6 @@ class Kernel:
         else:
             text = f"the websocket to kernel {self.id} closed: {error or 'closed by the gateway'}"
             self._fail_pending(lambda: ChannelError(text))
-
-
-def check_port(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise InvalidArgument(f"port must be an integer between 1 and 65535, got {value!r}")
-    return value
-
-
-def check_startup_code(value: object) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise InvalidArgument(f"startup_code must be a str, not {type(value).__name__}")
-    return value
-
-
-def check_max_output(value: int | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 100:
-        raise InvalidArgument(f"max_output must be a number of characters of at least 100, or None, got {value!r}")
-    return value
 
 
 # Runs in the user's kernel: leaves no names behind and no history entry.

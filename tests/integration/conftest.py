@@ -14,9 +14,27 @@ BACKEND = os.environ.get("PYBOX_TEST_BACKEND", "docker")
 IMAGE = os.environ.get("PYBOX_TEST_IMAGE", pybox.DEFAULT_IMAGE)
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "engine_restart: stops and restarts the container engine; runs at the end of the session"
+    )
+    config.pluginmanager.register(EngineRestartLast(), "pybox-engine-restart-last")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         item.add_marker(pytest.mark.integration)
+
+
+class EngineRestartLast:
+    """Tests marked engine_restart stop the container engine: any sandbox open at that
+    moment (another module's module-scoped `sandbox`, say) dies, and every later test
+    depends on the restart having worked. So they run after all other tests of the
+    session, by this marker and not by file name."""
+
+    @pytest.hookimpl(trylast=True)  # after plugins that reorder (randomize) items and after -m/-k
+    def pytest_collection_modifyitems(self, items):
+        items.sort(key=lambda item: item.get_closest_marker("engine_restart") is not None)  # stable
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pybox import hookimpl
-from pybox.backend import Backend, ContainerSpec, ContainerState, Endpoint
+from pybox.backend import ALL_FEATURES, Backend, ContainerState, Endpoint, LaunchPlan
 from pybox.errors import ChannelError
 from pybox.kernel import Kernel
 
@@ -389,20 +389,21 @@ class FakeBackend(Backend):
 
     name = "fake"
     description = "records calls, starts nothing"
+    features = ALL_FEATURES
     instances: list[FakeBackend] = []
     state = ContainerState(running=True, status="running")
 
     def __init__(self):
         self.calls: list[tuple] = []
-        self.specs: list[ContainerSpec] = []
+        self.plans: list[LaunchPlan] = []
         type(self).instances.append(self)
 
-    def start(self, spec):
-        self.specs.append(spec)
+    def start(self, plan):
+        self.plans.append(plan)
         self.calls.append(("start",))
         return "c0ffee" * 10
 
-    def endpoint(self, container_id, spec):
+    def endpoint(self, container_id, plan):
         return Endpoint("127.0.0.1", 49999)
 
     def inspect(self, container_id):

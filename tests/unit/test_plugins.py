@@ -147,7 +147,9 @@ def test_entry_point_group_is_declared_for_docker():
     from importlib import metadata
 
     names = {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    assert names.get("docker") == "pybox_docker"
+    assert names.get("docker") == "pybox_docker:local"
+    assert names.get("docker-remote") == "pybox_docker:remote"
+    assert names.get("podman") == "pybox_podman"
 
 
 # -- the boundary -------------------------------------------------------------------------

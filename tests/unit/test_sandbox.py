@@ -9,6 +9,7 @@ from fakes import FakeBackend
 
 import pybox
 from pybox import BackendNotFound, ContainerState, InvalidArgument, Limits, SandboxClosed, StartupTimeout
+from pybox.backend import PublishedPort
 from pybox.kernel.gateway import Gateway
 from pybox.sandbox import DEFAULT_IMAGE, PRESPAWN_ENV, TOKEN_ENV, container_path
 
@@ -179,26 +180,26 @@ def test_invalid_argument_is_value_and_type_error(make_sandbox):
 # -- lifecycle with the fake backend --------------------------------------------------------
 
 
-def test_start_passes_a_spec_and_stop_removes_the_container(make_sandbox, tmp_path, monkeypatch):
+def test_start_passes_a_launch_plan_and_close_removes_the_container(make_sandbox, tmp_path, monkeypatch):
     monkeypatch.setattr(Gateway, "ready", lambda self, timeout=1.0: True)
     sb = make_sandbox(image="custom:1", binds={str(tmp_path): "data"}, env={"A": "1"}, port=8123,
                       limits=Limits(cpus=0.5))
     with sb:
         # (another instance may exist: the background reaper of orphaned containers)
-        (backend,) = [b for b in FakeBackend.instances if b.specs]
-        (spec,) = backend.specs
-        assert spec.image == "custom:1"
-        assert spec.env["A"] == "1"
-        assert spec.env[TOKEN_ENV] == sb.token and len(sb.token) >= 32
-        assert spec.env[PRESPAWN_ENV] == "1"
-        assert spec.binds == sb.binds and spec.binds[0].container == "/app/data"
-        assert spec.limits == Limits(cpus=0.5)
-        assert spec.host_port == 8123 and spec.host_ip == "127.0.0.1"
-        assert spec.labels["pybox"] == "1" and spec.labels["pybox.pid"] == str(os.getpid())
-        assert spec.labels["pybox.started"] and spec.labels["pybox.session"] and spec.labels["pybox.host"]
+        (backend,) = [b for b in FakeBackend.instances if b.plans]
+        (plan,) = backend.plans
+        assert plan.image == "custom:1"
+        assert plan.env["A"] == "1"
+        assert plan.env[TOKEN_ENV] == sb.token and len(sb.token) >= 32
+        assert plan.env[PRESPAWN_ENV] == "1"
+        assert plan.binds == sb.binds and plan.binds[0].container == "/app/data"
+        assert (plan.cpus, plan.memory_bytes, plan.pids) == (0.5, 2 << 30, 1024)
+        assert plan.ports == [PublishedPort(8888, "127.0.0.1", 8123)]
+        assert plan.labels["pybox"] == "1" and plan.labels["pybox.pid"] == str(os.getpid())
+        assert plan.labels["pybox.started"] and plan.labels["pybox.session"] and plan.labels["pybox.host"]
         assert (sb.host, sb.port) == ("127.0.0.1", 49999)
         assert sb.start() is sb  # idempotent: no second container
-        assert len(backend.specs) == 1
+        assert len(backend.plans) == 1
         assert "running" in repr(sb)
     assert sb.closed
     assert backend.calls[-2:] == [("remove", "c0ffee" * 10), ("close",)]
@@ -208,7 +209,8 @@ def test_start_passes_a_spec_and_stop_removes_the_container(make_sandbox, tmp_pa
         sb.run("1")
     with pytest.raises(SandboxClosed):
         _ = sb.host
-    sb.stop()  # twice is fine
+    sb.stop()  # the old name; twice is fine
+    sb.close()
     assert sum(1 for c in backend.calls if c[0] == "remove") == 1
 
 

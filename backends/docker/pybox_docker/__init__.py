@@ -1,11 +1,36 @@
-"""pybox's local Docker backend, a plugin registered through the ``pybox`` entry-point
-group exactly as a third party's backend would be."""
+"""pybox's Docker backends, plugins registered through the ``pybox`` entry-point group
+exactly as a third party's would be:
+
+- ``docker`` (entry point ``pybox_docker:local``): the engine DOCKER_HOST or the local
+  socket names;
+- ``docker-remote`` (entry point ``pybox_docker:remote``): an engine on another host,
+  the same backend minus the shared-filesystem and shared-network assumptions.
+
+docker-py is imported only when a backend is used; without it (``pip install
+'pybox[docker]'``) these two backends are disabled and say so, the others load.
+"""
 
 from pybox import hookimpl
+from pybox.plugins import require_module
 
 
-@hookimpl
-def pybox_register_backends(register):
-    from pybox_docker.backend import DockerBackend  # docker-py is imported only when used
+class LocalDockerPlugin:
+    @hookimpl
+    def pybox_register_backends(self, register):
+        require_module("docker", backend="docker", extra="docker")
+        from pybox_docker.backend import DockerBackend
 
-    register(DockerBackend)
+        register(DockerBackend)
+
+
+class RemoteDockerPlugin:
+    @hookimpl
+    def pybox_register_backends(self, register):
+        require_module("docker", backend="docker-remote", extra="docker")
+        from pybox_docker.remote import RemoteDockerBackend
+
+        register(RemoteDockerBackend)
+
+
+local = LocalDockerPlugin()
+remote = RemoteDockerPlugin()

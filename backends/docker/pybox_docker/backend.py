@@ -11,24 +11,16 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
 import docker
 import docker.errors
 import requests
 
-from pybox.backend import NETWORK_INIT, WORKDIR, Backend, ContainerSpec, ContainerState, Endpoint, network_env
+from pybox.backend import ALL_FEATURES, Backend, ContainerState, Endpoint, LaunchPlan, Scratch
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
-
-#: Writable scratch on a read-only root: what the gateway and IPython write at run
-#: time (connection files, config dirs); the image's font cache stays readable.
-READ_ONLY_TMPFS = {
-    "/tmp": "rw,nosuid,nodev,size=256m",
-    "/home/sandbox/.local": "rw,nosuid,nodev,size=64m,uid=1000,gid=1000",
-    "/home/sandbox/.config": "rw,nosuid,nodev,size=16m,uid=1000,gid=1000",
-    "/home/sandbox/.jupyter": "rw,nosuid,nodev,size=16m,uid=1000,gid=1000",
-}
+from pybox.launch import client_host, labels_from_inspect, published_host_port, state_from_inspect
 
 UNAVAILABLE_HINT = (
     "Is the Docker engine running? Start it (`systemctl start docker`, or `dockerd &` "
@@ -39,6 +31,7 @@ UNAVAILABLE_HINT = (
 class DockerBackend(Backend):
     name = "docker"
     description = "Docker engine from the environment (DOCKER_HOST or the local socket)"
+    features = ALL_FEATURES
 
     def __init__(self) -> None:
         self._api: docker.APIClient | None = None
@@ -69,51 +62,46 @@ class DockerBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def host_config_options(self, spec: ContainerSpec) -> dict:
-        """Keyword arguments of docker-py's ``create_host_config``; subclasses extend them."""
+    def host_config_options(self, plan: LaunchPlan) -> dict[str, Any]:
+        """Keyword arguments of docker-py's ``create_host_config`` for ``plan``."""
         return {
-            "port_bindings": {spec.gateway_port: (spec.host_ip, spec.host_port)},
-            "binds": {b.host: {"bind": b.container, "mode": "ro" if b.read_only else "rw"} for b in spec.binds},
-            "mem_limit": spec.limits.memory,
-            "nano_cpus": int(spec.limits.cpus * 1e9) if spec.limits.cpus else None,
-            "pids_limit": spec.limits.pids,
-            "read_only": spec.read_only,
-            "tmpfs": READ_ONLY_TMPFS if spec.read_only else None,
-            # A network policy is applied by the image's init as root with NET_ADMIN;
-            # it then drops to the sandbox user with no capabilities at all.
-            "cap_add": ["NET_ADMIN"] if spec.network != "open" else None,
-            "security_opt": ["no-new-privileges"],
+            "port_bindings": {p.container_port: (p.host_ip, p.host_port) for p in plan.ports},
+            "binds": {b.host: {"bind": b.container, "mode": "ro" if b.read_only else "rw"} for b in plan.binds},
+            "mem_limit": plan.memory_bytes,
+            "memswap_limit": plan.memory_swap_bytes,
+            "nano_cpus": int(plan.cpus * 1e9) if plan.cpus else None,
+            "pids_limit": plan.pids,
+            "read_only": plan.read_only,
+            "tmpfs": {s.path: _tmpfs_options(s) for s in plan.scratch} or None,
+            "cap_add": list(plan.cap_add) or None,
+            "cap_drop": list(plan.cap_drop) or None,
+            "security_opt": ["no-new-privileges"] if plan.no_new_privileges else None,
         }
 
-    def container_options(self, spec: ContainerSpec) -> dict:
-        """Keyword arguments of docker-py's ``create_container`` (but the host config);
-        subclasses extend them."""
-        policed = spec.network != "open"
-        env = {**spec.env, **({"PYBOX_NETWORK": network_env(spec.network)} if policed else {})}
+    def container_options(self, plan: LaunchPlan) -> dict[str, Any]:
+        """Keyword arguments of docker-py's ``create_container`` (but the host config)."""
         return {
-            "command": ([NETWORK_INIT, *(spec.command or [])]) if policed else spec.command,
-            "user": "0" if policed else None,
-            "environment": [f"{k}={v}" for k, v in env.items()],
-            "labels": spec.labels,
-            "ports": [f"{spec.gateway_port}/tcp"],
-            "name": spec.name,
+            "command": plan.command,
+            "user": plan.user,
+            "environment": [f"{k}={v}" for k, v in plan.env.items()],
+            "labels": plan.labels,
+            "ports": [f"{p.container_port}/tcp" for p in plan.ports],
+            "name": plan.name,
             "detach": True,
-            # With a read-only root, /app is an anonymous volume (removed with the
-            # container) so that the kernel and upload/download can still write there.
-            "volumes": [WORKDIR] if spec.read_only else None,
+            "volumes": list(plan.volumes) or None,
         }
 
-    def start(self, spec: ContainerSpec) -> str:
+    def start(self, plan: LaunchPlan) -> str:
         api = self.api
         with self._errors("create the sandbox container"):
-            host_config = api.create_host_config(**self.host_config_options(spec))
+            host_config = api.create_host_config(**self.host_config_options(plan))
             try:
-                created = api.create_container(spec.image, host_config=host_config, **self.container_options(spec))
+                created = api.create_container(plan.image, host_config=host_config, **self.container_options(plan))
             except docker.errors.ImageNotFound as exc:
-                raise ImageNotFound(spec.image) from exc
+                raise ImageNotFound(plan.image) from exc
             except docker.errors.APIError as exc:
                 if exc.status_code == 404 and "image" in str(exc.explanation or "").lower():
-                    raise ImageNotFound(spec.image) from exc
+                    raise ImageNotFound(plan.image) from exc
                 raise
         container_id = created["Id"]
         try:
@@ -123,8 +111,9 @@ class DockerBackend(Backend):
                 except docker.errors.APIError as exc:
                     text = str(exc.explanation or exc)
                     if "already allocated" in text or "address already in use" in text:
+                        port = plan.published(plan.gateway_port)
                         raise BackendError(
-                            f"port {spec.host_port} on {spec.host_ip} is already in use; choose another "
+                            f"port {port.host_port} on {port.host_ip} is already in use; choose another "
                             f"port or leave it unset so the engine picks a free one"
                         ) from exc
                     raise
@@ -133,14 +122,19 @@ class DockerBackend(Backend):
             raise
         return container_id
 
-    def endpoint(self, container_id: str, spec: ContainerSpec) -> Endpoint:
+    def _inspect(self, container_id: str) -> dict[str, Any] | None:
         with self._errors("inspect the sandbox container"):
-            info = self.api.inspect_container(container_id)
-        bindings = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{spec.gateway_port}/tcp") or []
-        if not bindings:
-            raise BackendError(f"container {container_id[:12]} publishes no port for the kernel gateway")
-        port = int(bindings[0]["HostPort"])
-        return Endpoint(self._engine_host() or _client_host(spec.host_ip), port)
+            try:
+                return self.api.inspect_container(container_id)  # type: ignore[no-any-return]
+            except docker.errors.NotFound:
+                return None
+
+    def endpoint(self, container_id: str, plan: LaunchPlan) -> Endpoint:
+        info = self._inspect(container_id)
+        if info is None:
+            raise BackendError(f"container {container_id[:12]} no longer exists")
+        port = published_host_port(info, plan.gateway_port, container_id)
+        return Endpoint(self._engine_host() or client_host(plan.published(plan.gateway_port).host_ip), port)
 
     def _engine_host(self) -> str | None:
         """The engine's host when it is reached over TCP: published ports live there."""
@@ -150,25 +144,10 @@ class DockerBackend(Backend):
         return None
 
     def inspect(self, container_id: str) -> ContainerState:
-        with self._errors("inspect the sandbox container"):
-            try:
-                state = self.api.inspect_container(container_id).get("State") or {}
-            except docker.errors.NotFound:
-                return ContainerState(running=False, status="removed")
-        return ContainerState(
-            running=bool(state.get("Running")),
-            status=str(state.get("Status", "")),
-            exit_code=state.get("ExitCode"),
-            oom_killed=bool(state.get("OOMKilled")),
-            error=str(state.get("Error") or ""),
-        )
+        return state_from_inspect(self._inspect(container_id))
 
     def container_labels(self, container_id: str) -> dict[str, str] | None:
-        with self._errors("inspect the sandbox container"):
-            try:
-                return dict(self.api.inspect_container(container_id).get("Config", {}).get("Labels") or {})
-            except docker.errors.NotFound:
-                return None
+        return labels_from_inspect(self._inspect(container_id))
 
     def logs(self, container_id: str, tail: int = 50) -> str:
         with self._errors("read the container's logs"):
@@ -262,5 +241,6 @@ class DockerBackend(Backend):
             self._api = None
 
 
-def _client_host(host_ip: str) -> str:
-    return "127.0.0.1" if host_ip in ("", "0.0.0.0") else ("::1" if host_ip == "::" else host_ip)
+def _tmpfs_options(scratch: Scratch) -> str:
+    owner = f",uid={scratch.uid},gid={scratch.gid}" if scratch.sandbox_owned else ""
+    return f"rw,nosuid,nodev,size={scratch.size}{owner}"

@@ -15,20 +15,20 @@ import contextlib
 import io
 import json
 import os
-import re
 import socket
 import struct
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlparse
 
 import podman
 import podman.errors
 import requests
 
-from pybox.backend import NETWORK_INIT, WORKDIR, Backend, ContainerSpec, ContainerState, Endpoint, network_env
-from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, InvalidArgument, PyboxError
+from pybox.backend import ALL_FEATURES, Backend, ContainerState, Endpoint, LaunchPlan
+from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
+from pybox.launch import client_host, labels_from_inspect, published_host_port, state_from_inspect
 
 #: Podman's rootful API socket (``podman system service`` as root, or podman.socket).
 ROOTFUL_SOCKET = "/run/podman/podman.sock"
@@ -37,18 +37,6 @@ TIMEOUT = 60
 LONG_TIMEOUT = 3600
 #: Where a registry-less short name is looked for when pulling (docker's convention).
 DEFAULT_REGISTRY = "docker.io"
-#: Writable scratch on a read-only root (as the Docker backend): what the gateway and
-#: IPython write at run time; the image's font cache stays readable.
-#: Podman refuses tmpfs's uid=/gid= options; ``U`` chowns to the container's user
-#: (the image's ``sandbox``) instead.
-READ_ONLY_TMPFS = {
-    "/tmp": "rw,nosuid,nodev,size=256m",
-    "/home/sandbox/.local": "rw,nosuid,nodev,size=64m,U",
-    "/home/sandbox/.config": "rw,nosuid,nodev,size=16m,U",
-    "/home/sandbox/.jupyter": "rw,nosuid,nodev,size=16m,U",
-}
-
-
 def default_url() -> str:
     """The Podman service's URL: CONTAINER_HOST, else the rootful socket where it
     exists, else the user's socket under XDG_RUNTIME_DIR."""
@@ -76,6 +64,7 @@ def unavailable_hint(url: str) -> str:
 class PodmanBackend(Backend):
     name = "podman"
     description = "Podman service from the environment (CONTAINER_HOST or the local podman.sock)"
+    features = ALL_FEATURES
 
     def __init__(self) -> None:
         self.url = default_url()
@@ -112,54 +101,57 @@ class PodmanBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def create_options(self, spec: ContainerSpec) -> dict:
-        """The body of libpod's container-create call (a SpecGenerator); subclasses extend it."""
-        body: dict = {
-            "image": spec.image,
-            "env": dict(spec.env),
-            "labels": dict(spec.labels),
+    def create_options(self, plan: LaunchPlan) -> dict[str, Any]:
+        """The body of libpod's container-create call (a SpecGenerator) for ``plan``."""
+        body: dict[str, Any] = {
+            "image": plan.image,
+            "env": dict(plan.env),
+            "labels": dict(plan.labels),
             "portmappings": [{
-                "container_port": spec.gateway_port,
-                "host_ip": spec.host_ip,
-                "host_port": spec.host_port or 0,  # 0: the engine picks a free port
+                "container_port": p.container_port,
+                "host_ip": p.host_ip,
+                "host_port": p.host_port or 0,  # 0: the engine picks a free port
                 "protocol": "tcp",
-            }],
+            } for p in plan.ports],
             "mounts": [{
                 "type": "bind",
                 "source": b.host,
                 "destination": b.container,
                 "options": ["rbind", "ro" if b.read_only else "rw"],
-            } for b in spec.binds],
-            "resource_limits": _resource_limits(spec),
+            } for b in plan.binds] + [{
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "destination": s.path,
+                # Podman refuses tmpfs's uid=/gid= options; U chowns to the container's user.
+                "options": ["rw", "nosuid", "nodev", f"size={s.size}", *(["U"] if s.sandbox_owned else [])],
+            } for s in plan.scratch],
+            "resource_limits": _resource_limits(plan),
+            "no_new_privileges": plan.no_new_privileges,
         }
-        if spec.command is not None:
-            body["command"] = list(spec.command)
-        body["no_new_privileges"] = True
-        if spec.network != "open":
-            # Applied by the image's init as root with NET_ADMIN, which then drops to the
-            # sandbox user with no capabilities at all.
-            body["user"] = "0"
-            body["cap_add"] = ["NET_ADMIN"]
-            body["env"]["PYBOX_NETWORK"] = network_env(spec.network)
-            body["command"] = [NETWORK_INIT, *(spec.command or [])]
-        if spec.name:
-            body["name"] = spec.name
-        if getattr(spec, "read_only", False):
+        if plan.command is not None:
+            body["command"] = list(plan.command)
+        if plan.user is not None:
+            body["user"] = plan.user
+        if plan.cap_add:
+            body["cap_add"] = list(plan.cap_add)
+        if plan.cap_drop:
+            body["cap_drop"] = list(plan.cap_drop)
+        if plan.name:
+            body["name"] = plan.name
+        if plan.read_only:
             body["read_only_filesystem"] = True
-            body["mounts"] += [{"type": "tmpfs", "source": "tmpfs", "destination": path, "options": options.split(",")}
-                               for path, options in READ_ONLY_TMPFS.items()]
-            # /app: an anonymous volume (removed with the container) so that the kernel
-            # and upload/download can still write there.
-            body["volumes"] = [{"Name": "", "Dest": WORKDIR}]
+        if plan.volumes:
+            body["volumes"] = [{"Name": "", "Dest": path} for path in plan.volumes]  # anonymous
         return body
 
-    def start(self, spec: ContainerSpec) -> str:
+    def start(self, plan: LaunchPlan) -> str:
         api = self.api
-        if spec.host_port and self.url.startswith("unix:"):
+        gateway = plan.published(plan.gateway_port)
+        if gateway.host_port and self.url.startswith("unix:"):
             # Podman 4.3, failing to start a second container on a busy port, tears down
             # the port forwarding of the container that holds it: find out first.
-            _check_port_free(spec.host_ip, spec.host_port)
-        body = self.create_options(spec)
+            _check_port_free(gateway.host_ip, gateway.host_port)
+        body = self.create_options(plan)
         with self._errors("create the sandbox container"):
             response = api.post("/containers/create", data=json.dumps(body),
                                 headers={"Content-Type": "application/json"})
@@ -167,7 +159,7 @@ class PodmanBackend(Backend):
                 response.raise_for_status(not_found=podman.errors.ImageNotFound)
             except podman.errors.APIError as exc:
                 if response.status_code == 404 or _is_missing_image(response):
-                    raise ImageNotFound(spec.image) from exc
+                    raise ImageNotFound(plan.image) from exc
                 raise
             container_id = response.json()["Id"]
         try:
@@ -179,7 +171,7 @@ class PodmanBackend(Backend):
                     text = _message(response)
                     if "already in use" in text or "already allocated" in text or "address in use" in text:
                         raise BackendError(
-                            f"port {spec.host_port} on {spec.host_ip} is already in use; choose another "
+                            f"port {gateway.host_port} on {gateway.host_ip} is already in use; choose another "
                             f"port or leave it unset so the engine picks a free one ({text})"
                         ) from exc
                     raise
@@ -188,16 +180,12 @@ class PodmanBackend(Backend):
             raise
         return container_id
 
-    def endpoint(self, container_id: str, spec: ContainerSpec) -> Endpoint:
+    def endpoint(self, container_id: str, plan: LaunchPlan) -> Endpoint:
         info = self._inspect(container_id, "inspect the sandbox container")
         if info is None:
             raise BackendError(f"container {container_id[:12]} no longer exists")
-        ports = (info.get("NetworkSettings") or {}).get("Ports") or {}
-        bindings = ports.get(f"{spec.gateway_port}/tcp") or []
-        if not bindings:
-            raise BackendError(f"container {container_id[:12]} publishes no port for the kernel gateway")
-        port = int(bindings[0]["HostPort"])
-        return Endpoint(self._engine_host() or _client_host(spec.host_ip), port)
+        port = published_host_port(info, plan.gateway_port, container_id)
+        return Endpoint(self._engine_host() or client_host(plan.published(plan.gateway_port).host_ip), port)
 
     def _engine_host(self) -> str | None:
         """The service's host when it is reached over TCP or ssh: published ports live there."""
@@ -206,32 +194,19 @@ class PodmanBackend(Backend):
             return url.hostname
         return None
 
-    def _inspect(self, container_id: str, action: str) -> dict | None:
+    def _inspect(self, container_id: str, action: str) -> dict[str, Any] | None:
         with self._errors(action):
             response = self.api.get(f"/containers/{quote(container_id, safe='')}/json")
             if response.status_code == 404:
                 return None
             response.raise_for_status()
-            return response.json()
+            return response.json()  # type: ignore[no-any-return]
 
     def inspect(self, container_id: str) -> ContainerState:
-        info = self._inspect(container_id, "inspect the sandbox container")
-        if info is None:
-            return ContainerState(running=False, status="removed")
-        state = info.get("State") or {}
-        return ContainerState(
-            running=bool(state.get("Running")),
-            status=str(state.get("Status", "")),
-            exit_code=state.get("ExitCode"),
-            oom_killed=bool(state.get("OOMKilled")),
-            error=str(state.get("Error") or ""),
-        )
+        return state_from_inspect(self._inspect(container_id, "inspect the sandbox container"))
 
     def container_labels(self, container_id: str) -> dict[str, str] | None:
-        info = self._inspect(container_id, "inspect the sandbox container")
-        if info is None:
-            return None
-        return dict((info.get("Config") or {}).get("Labels") or {})
+        return labels_from_inspect(self._inspect(container_id, "inspect the sandbox container"))
 
     def logs(self, container_id: str, tail: int = 50) -> str:
         with self._errors("read the container's logs"):
@@ -374,29 +349,17 @@ class PodmanBackend(Backend):
 
 # -- helpers ---------------------------------------------------------------------------
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
-def parse_bytes(value: str | int) -> int:
-    """Bytes from docker's notation: ``512m``, ``2g``, ``1024`` (binary units)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", str(value).lower())
-    if not match:
-        raise InvalidArgument(f"memory limit {value!r} is not a size such as '512m' or '2g'")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
-
-
-def _resource_limits(spec: ContainerSpec) -> dict:
-    limits: dict = {}
-    if spec.limits.memory is not None:
-        memory = parse_bytes(spec.limits.memory)
-        limits["memory"] = {"limit": memory, "swap": 2 * memory}  # docker's default: as much swap again
-    if spec.limits.cpus:
+def _resource_limits(plan: LaunchPlan) -> dict[str, Any]:
+    limits: dict[str, Any] = {}
+    if plan.memory_bytes is not None:
+        limits["memory"] = {"limit": plan.memory_bytes}
+        if plan.memory_swap_bytes is not None:
+            limits["memory"]["swap"] = plan.memory_swap_bytes
+    if plan.cpus:
         period = 100_000
-        limits["cpu"] = {"period": period, "quota": int(spec.limits.cpus * period)}
-    if spec.limits.pids is not None:
-        limits["pids"] = {"limit": int(spec.limits.pids)}
+        limits["cpu"] = {"period": period, "quota": int(plan.cpus * period)}
+    if plan.pids is not None:
+        limits["pids"] = {"limit": int(plan.pids)}
     return limits
 
 
@@ -445,10 +408,6 @@ def _demultiplex(data: bytes) -> bytes:
         out.append(data[pos + 8:pos + 8 + size])
         pos += 8 + size
     return b"".join(out) + data[pos:]
-
-
-def _client_host(host_ip: str) -> str:
-    return "127.0.0.1" if host_ip in ("", "0.0.0.0") else ("::1" if host_ip == "::" else host_ip)
 
 
 def _check_port_free(host_ip: str, port: int) -> None:

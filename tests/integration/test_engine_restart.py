@@ -1,5 +1,7 @@
-"""An engine restart is seen at once. Runs last (it stops the local dockerd and starts
-it again with the project's script): other modules' sandboxes are gone by then."""
+"""An engine restart is seen at once. Runs last, whatever the file names (marker
+engine_restart, moved to the end of the session by conftest.py): it stops the local
+dockerd and starts it again with the project's script, so other modules' sandboxes
+must be gone by then."""
 
 import os
 import shutil
@@ -17,11 +19,14 @@ from .conftest import BACKEND, IMAGE
 
 START_DOCKERD = Path(__file__).resolve().parents[2] / ".ci" / "start-dockerd"
 
-pytestmark = pytest.mark.skipif(
-    BACKEND != "docker" or os.environ.get("DOCKER_HOST") or os.geteuid() != 0 or not shutil.which("dockerd")
-    or os.environ.get("PYBOX_TEST_ENGINE_RESTART") != "1",
-    reason="restarts the local dockerd: root, the docker backend and PYBOX_TEST_ENGINE_RESTART=1 only",
-)
+pytestmark = [
+    pytest.mark.engine_restart,
+    pytest.mark.skipif(
+        BACKEND != "docker" or os.environ.get("DOCKER_HOST") or os.geteuid() != 0 or not shutil.which("dockerd")
+        or os.environ.get("PYBOX_TEST_ENGINE_RESTART") != "1",
+        reason="restarts the local dockerd: root, the docker backend and PYBOX_TEST_ENGINE_RESTART=1 only",
+    ),
+]
 
 
 def dockerd_pid():

@@ -33,10 +33,10 @@ from urllib.parse import urlparse
 import docker
 import docker.errors
 import docker.utils
-from pybox_docker.backend import UNAVAILABLE_HINT, DockerBackend
 
-from pybox.backend import ContainerSpec, Endpoint
+from pybox.backend import ALL_FEATURES, BINDS, Endpoint, LaunchPlan
 from pybox.errors import BackendUnavailable, UnsupportedOperation
+from pybox_docker.backend import UNAVAILABLE_HINT, DockerBackend
 
 #: Address on the remote host the gateway port is published on (default: all).
 PUBLISH_IP_ENV = "PYBOX_REMOTE_PUBLISH_IP"
@@ -59,10 +59,9 @@ REACH_HINT = (
     "(DOCKER_TLS_VERIFY, DOCKER_CERT_PATH)"
 )
 BINDS_REFUSED = (
-    "the docker-remote backend cannot bind-mount host paths ({paths}): the engine runs on "
-    "another host and shares no filesystem with this one. Copy files in and out instead: "
-    "Sandbox.upload(local, remote) and Sandbox.download(remote, local) move them through "
-    "the engine's archive API"
+    "the engine runs on another host and shares no filesystem with this one. Copy files "
+    "in and out instead: Sandbox.upload(local, remote) and Sandbox.download(remote, local) "
+    "move them through the engine's archive API"
 )
 SSH_REFUSED = (
     "DOCKER_HOST={docker_host}: over ssh:// the engine's API is tunnelled, but the sandbox's "
@@ -75,6 +74,8 @@ SSH_REFUSED = (
 class RemoteDockerBackend(DockerBackend):
     name = "docker-remote"
     description = "Docker engine on another host (DOCKER_HOST=tcp://... with TLS, or ssh://...)"
+    features = ALL_FEATURES - {BINDS}
+    unsupported_hints = {BINDS: BINDS_REFUSED}
 
     def __init__(self) -> None:
         super().__init__()
@@ -157,18 +158,20 @@ class RemoteDockerBackend(DockerBackend):
             return publish
         return self.remote_host
 
-    def start(self, spec: ContainerSpec) -> str:
-        if spec.binds:
-            raise UnsupportedOperation(BINDS_REFUSED.format(paths=", ".join(b.host for b in spec.binds)))
+    def adjust_plan(self, plan: LaunchPlan) -> None:
+        # The client's idea of a safe address (loopback) means the remote host's own
+        # loopback there: publish where this client can reach the port.
+        plan.ports = [dataclasses.replace(p, host_ip=self._publish_ip()) for p in plan.ports]
+
+    def start(self, plan: LaunchPlan) -> str:
+        if plan.binds:  # core refuses these first (features); kept for direct callers
+            raise UnsupportedOperation(f"the docker-remote backend cannot bind-mount host paths: {BINDS_REFUSED}")
         if self.scheme == "ssh" and not os.environ.get(GATEWAY_HOST_ENV, "").strip():
             raise UnsupportedOperation(SSH_REFUSED.format(docker_host=self.docker_host))
-        # spec.host_ip is the client's idea of a safe address (loopback): on another host
-        # the port must be published where this client can reach it.
-        remote_spec = dataclasses.replace(spec, host_ip=self._publish_ip())
-        return super().start(remote_spec)
+        return super().start(plan)
 
-    def endpoint(self, container_id: str, spec: ContainerSpec) -> Endpoint:
-        local = super().endpoint(container_id, spec)
+    def endpoint(self, container_id: str, plan: LaunchPlan) -> Endpoint:
+        local = super().endpoint(container_id, plan)
         return Endpoint(self._gateway_host(), local.port)
 
 

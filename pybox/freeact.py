@@ -1,0 +1,277 @@
+"""freeact's execution environment on pybox: a workspace of skills and images on the
+host, a per-key executor in a sandbox, and a log of every execution.
+
+An adapter, not core: it uses pybox's public API only, and is imported on its own::
+
+    from pybox.freeact import execution_environment
+
+    with execution_environment(workspace="workspace", key="alice") as (sandbox, kernel, log):
+        result = kernel.run("print('hi')")      # an ExecutorResult: a Result plus image_paths
+
+Workspace layout on the host (bind-mounted parts in brackets)::
+
+    workspace/
+      skills/shared/          [/app/skills/shared]   importable by every key
+      skills/private/<key>/   [/app/skills/private]  the key's working directory, importable
+      images/<key>/           images of the key's executions, as PNG
+      logs/<key>.jsonl        the execution log
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pybox.errors import ExecutionError, InvalidArgument
+from pybox.image_contract import SANDBOX_GID, SANDBOX_UID
+from pybox.kernel import DEFAULT_TIMEOUT, Kernel
+from pybox.outputs import Result
+from pybox.sandbox import Sandbox
+
+__all__ = [
+    "CodeExecutor",
+    "ExecutionEnvironment",
+    "ExecutionLog",
+    "ExecutorResult",
+    "Workspace",
+    "execution_environment",
+    "load_env_file",
+    "startup_code_for",
+]
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SKILLS_IN_SANDBOX = "/app/skills"
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY.match(key) or key in (".", ".."):
+        raise InvalidArgument(f"executor key must be 1-64 letters, digits, '_', '-' or '.', got {key!r}")
+    return key
+
+
+class Workspace:
+    """Skills and images of one or more executors, on the host under ``path``."""
+
+    def __init__(self, path: str | Path = "workspace"):
+        if not isinstance(path, (str, Path)) or not str(path).strip():
+            raise InvalidArgument(f"workspace path must be a non-empty path, got {path!r}")
+        self.path = Path(path).expanduser().absolute()
+
+    @property
+    def shared_skills_path(self) -> Path:
+        return self.path / "skills" / "shared"
+
+    def private_skills_path(self, key: str) -> Path:
+        return self.path / "skills" / "private" / _check_key(key)
+
+    def images_path(self, key: str) -> Path:
+        return self.path / "images" / _check_key(key)
+
+    def log_path(self, key: str) -> Path:
+        return self.path / "logs" / f"{_check_key(key)}.jsonl"
+
+    def create(self, key: str) -> None:
+        """Make the directories of the workspace and of ``key``. The mounted ones are
+        made writable for the sandbox's user (uid 1000): handed over when we are root,
+        opened to all otherwise unless we are that uid."""
+        for directory in (self.images_path(key), self.log_path(key).parent):
+            directory.mkdir(parents=True, exist_ok=True)
+        for directory in (self.shared_skills_path, self.path / "skills" / "private", self.private_skills_path(key)):
+            directory.mkdir(parents=True, exist_ok=True)
+            _make_writable_for_sandbox(directory)
+
+    def binds(self) -> dict[str, str]:
+        """Sandbox binds: shared and private skills under /app/skills."""
+        return {
+            str(self.shared_skills_path): f"{SKILLS_IN_SANDBOX}/shared",
+            str(self.path / "skills" / "private"): f"{SKILLS_IN_SANDBOX}/private",
+        }
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.path)!r})"
+
+
+class ExecutionLog:
+    """Append-only JSON lines: one record per execution (code, outputs, error, duration)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False)
+        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+
+
+@dataclass
+class ExecutorResult:
+    """What ``CodeExecutor.run`` returns: the execution's :class:`pybox.Result` and the
+    paths its images were saved to. Result's attributes read through (``r.text``)."""
+
+    result: Result
+    image_paths: list[Path] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "result":  # not set yet (copying, unpickling)
+            raise AttributeError(name)
+        return getattr(self.result, name)
+
+
+class CodeExecutor:
+    """A kernel working for one key: its working directory is the key's private skills
+    directory, shared and private skills are importable (and reloaded when edited),
+    images go to ``workspace/images/<key>/`` and every run goes to the log."""
+
+    def __init__(self, kernel: Kernel, workspace: Workspace, key: str, log: ExecutionLog | None = None):
+        self.kernel = kernel
+        self.workspace = workspace
+        self.key = _check_key(key)
+        self.log = log
+        workspace.create(key)
+        kernel.set_startup_code(startup_code_for(key))
+
+    @property
+    def working_dir(self) -> str:
+        return f"{SKILLS_IN_SANDBOX}/private/{self.key}"
+
+    def run(self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True) -> ExecutorResult:
+        """Run ``code``; images are saved as PNG (their paths in ``image_paths``)."""
+        started = time.time()
+        execution_id = uuid.uuid4().hex[:12]
+        error: ExecutionError | None = None
+        result: Result | None = None
+        try:
+            result = self.kernel.run(code, timeout=timeout, check=False)
+            error = result.error
+        finally:
+            self._record(execution_id, code, started, result)
+        paths = self._save_images(execution_id, result)
+        if check and error is not None:
+            raise error
+        return ExecutorResult(result, paths)
+
+    def _save_images(self, execution_id: str, result: Result) -> list[Path]:
+        paths = []
+        for number, image in enumerate(result.images):
+            path = self.workspace.images_path(self.key) / f"{execution_id}-{number}.png"
+            image.save(path, format="PNG")
+            paths.append(path)
+        return paths
+
+    def _record(self, execution_id: str, code: str, started: float, result: Result | None) -> None:
+        if self.log is None:
+            return
+        record: dict[str, Any] = {"id": execution_id, "key": self.key, "time": started, "code": code}
+        if result is None:
+            record.update(outputs=None, error={"ename": "NoResult", "evalue": "the execution did not finish"},
+                          duration=time.time() - started)
+        else:
+            record.update(
+                outputs={"text": result.text, "stdout": result.stdout, "stderr": result.stderr,
+                         "images": [str(self.workspace.images_path(self.key) / f"{execution_id}-{n}.png")
+                                    for n in range(len(result.images))]},
+                error=None if result.error is None else {"ename": result.error.ename, "evalue": result.error.evalue,
+                                                         "traceback": result.error.traceback},
+                duration=result.duration,
+            )
+        self.log.append(record)
+
+
+def _make_writable_for_sandbox(directory: Path) -> None:
+    stat = directory.stat()
+    if stat.st_uid == SANDBOX_UID:
+        return
+    if os.geteuid() == 0:
+        os.chown(directory, SANDBOX_UID, SANDBOX_GID)
+    else:
+        directory.chmod(stat.st_mode | 0o777)
+
+
+def startup_code_for(key: str) -> str:
+    workdir = f"{SKILLS_IN_SANDBOX}/private/{_check_key(key)}"
+    return (
+        "%load_ext autoreload\n"
+        "%autoreload 2\n"
+        "import os as _pybox_os, sys as _pybox_sys\n"
+        f"_pybox_os.makedirs({workdir!r}, exist_ok=True)\n"
+        f"_pybox_os.chdir({workdir!r})\n"
+        f"for _pybox_path in ({SKILLS_IN_SANDBOX + '/shared'!r}, {workdir!r}):\n"
+        "    if _pybox_path not in _pybox_sys.path:\n"
+        "        _pybox_sys.path.insert(0, _pybox_path)\n"
+        "del _pybox_os, _pybox_sys, _pybox_path\n"
+    )
+
+
+def load_env_file(path: str | Path) -> dict[str, str]:
+    """Variables of a ``.env`` file: ``KEY=value`` lines, ``export`` allowed, ``#``
+    comments, single quotes literal, double quotes with ``\\n`` escapes."""
+    variables: dict[str, str] = {}
+    for number, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise InvalidArgument(f"{path}:{number}: not a KEY=value line: {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == "'":
+            value = value[1:-1]
+        elif len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1].replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
+        else:
+            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
+        variables[key] = value
+    return variables
+
+
+class ExecutionEnvironment(NamedTuple):
+    sandbox: Sandbox
+    kernel: CodeExecutor
+    log: ExecutionLog
+
+
+@contextlib.contextmanager
+def execution_environment(
+    workspace: str | Path | Workspace = "workspace",
+    key: str = "default",
+    *,
+    image: str | None = None,
+    backend: str | None = None,
+    env: Mapping[str, str] | None = None,
+    env_file: str | Path | None = ".env",
+    log_file: str | Path | None = None,
+) -> Iterator[ExecutionEnvironment]:
+    """A sandbox with the workspace's skills mounted, a CodeExecutor for ``key`` and
+    its execution log; everything is cleaned up on exit. Variables of ``env_file``
+    (when it exists) and ``env`` (which wins) are passed to the container."""
+    space = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    _check_key(key)
+    space.create(key)
+    variables: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        variables.update(load_env_file(env_file))
+    variables.update(env or {})
+    log = ExecutionLog(log_file or space.log_path(key))
+    with Sandbox(image=image, backend=backend, binds=space.binds(), env=variables) as sandbox:
+        executor = CodeExecutor(sandbox.default_kernel, space, key, log)
+        yield ExecutionEnvironment(sandbox, executor, log)

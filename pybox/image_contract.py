@@ -1,0 +1,71 @@
+"""The names the client and the sandbox image share, defined once.
+
+The image (``images/sandbox/``) is built from files that hard-code the same values;
+``tests/unit/test_image_contract.py`` reads them and fails when one drifts from here.
+Change a value in both places, and rebuild the image (``pybox build``).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+#: Image used when ``Sandbox(image=None)``; ``pybox build`` builds it.
+DEFAULT_IMAGE = "pybox:latest"
+
+#: Port of the kernel gateway inside the container (the Dockerfile's EXPOSE).
+GATEWAY_PORT = 8888
+#: The image's command: the gateway, which also starts the first kernel.
+GATEWAY_COMMAND = "pybox-gateway"
+#: Working directory of every kernel; relative sandbox paths are under it.
+WORKDIR = "/app"
+
+#: The unprivileged user code runs as (``useradd`` in the Dockerfile).
+SANDBOX_USER = "sandbox"
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_HOME = "/home/sandbox"
+
+#: Environment variable the gateway reads its token from; it refuses to start without one.
+TOKEN_ENV = "KG_AUTH_TOKEN"
+#: The gateway starts this many kernels as soon as it is up; the default kernel adopts
+#: the first, so the first run does not wait for a kernel start.
+PRESPAWN_ENV = "KG_PRESPAWN_COUNT"
+
+#: The image's network-policy entry point: run as root with NET_ADMIN, it applies the
+#: policy named by NETWORK_ENV, then runs its arguments (default: the gateway) as the
+#: sandbox user with no capabilities left.
+NETWORK_INIT = "/usr/local/sbin/pybox-network-init"
+#: The policy, as NETWORK_INIT reads it: ``none`` or ``allow:ENTRY,ENTRY,...``.
+NETWORK_ENV = "PYBOX_NETWORK"
+
+#: Field the image's gateway adds to the ``status: restarting/dead`` message it sends
+#: when a kernel dies, saying why (e.g. OOMKilled).
+DEATH_REASON_FIELD = "pybox_reason"
+
+#: Writable scratch on a read-only root filesystem: what the gateway and IPython write
+#: at run time (connection files, config directories), with their size caps and whether
+#: the sandbox user must own them. The image's other files stay read-only.
+SCRATCH_MOUNTS: tuple[tuple[str, int, bool], ...] = (
+    ("/tmp", 256 << 20, False),
+    (f"{SANDBOX_HOME}/.local", 64 << 20, True),
+    (f"{SANDBOX_HOME}/.config", 16 << 20, True),
+    (f"{SANDBOX_HOME}/.jupyter", 16 << 20, True),
+)
+
+
+def network_policy_value(network: str | tuple[str, ...]) -> str:
+    """NETWORK_ENV's value for a policy other than "open"."""
+    return "none" if network == "none" else "allow:" + ",".join(network)
+
+
+def images_dir() -> Path:
+    """The image definitions: ``images/`` of a source checkout, shipped inside the
+    wheel as the package data ``pybox/images``."""
+    source_tree = Path(__file__).resolve().parent.parent / "images"
+    if (source_tree / "sandbox" / "Dockerfile").is_file():
+        return source_tree
+    packaged = Path(str(resources.files("pybox") / "images"))
+    if (packaged / "sandbox" / "Dockerfile").is_file():
+        return packaged
+    raise FileNotFoundError(f"the sandbox image definition is missing (looked in {source_tree} and {packaged})")

@@ -1,0 +1,159 @@
+"""How a sandbox container is started, decided once for every engine.
+
+``plan_launch`` turns a :class:`~pybox.backend.ContainerSpec` (what the sandbox asks
+for) into a :class:`LaunchPlan` (how to start this image so that it is honoured: the
+command and user, capabilities, mounts, resources in plain units). Plugins may adjust
+the plan (hook ``pybox_adjust_launch_plan``); backends only translate it into their
+SDK's words. The helpers at the end read an engine's inspect data back, for the
+engines whose inspect output has Docker's shape (Docker, Podman).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping
+
+from pybox.backend import BINDS, LIMITS, NETWORK_POLICY, READ_ONLY, Backend
+from pybox.errors import BackendError, InvalidArgument, UnsupportedOperation
+from pybox.image_contract import NETWORK_ENV, NETWORK_INIT, SCRATCH_MOUNTS, WORKDIR, network_policy_value
+from pybox.spec import ContainerSpec, ContainerState, LaunchPlan, Limits, PublishedPort, Scratch
+
+
+def plan_launch(spec: ContainerSpec) -> LaunchPlan:
+    """The launch plan that honours ``spec`` with pybox's sandbox image."""
+    plan = LaunchPlan(
+        image=spec.image,
+        command=list(spec.command) if spec.command is not None else None,
+        env=dict(spec.env),
+        labels=dict(spec.labels),
+        ports=[PublishedPort(spec.gateway_port, spec.host_ip, spec.host_port)],
+        binds=list(spec.binds),
+        no_new_privileges=True,
+        name=spec.name,
+        gateway_port=spec.gateway_port,
+    )
+    apply_limits(plan, spec.limits)
+    if spec.read_only:
+        plan.read_only = True
+        plan.scratch = [Scratch(path, size, owned) for path, size, owned in SCRATCH_MOUNTS]
+        # /app must stay writable for the kernel and for upload/download.
+        plan.volumes = [WORKDIR]
+    if spec.network != "open":
+        # The image's init applies the policy as root with NET_ADMIN, then drops to the
+        # sandbox user with no capabilities at all, so code cannot lift it.
+        plan.user = "0"
+        plan.cap_add = ["NET_ADMIN"]
+        plan.env[NETWORK_ENV] = network_policy_value(spec.network)
+        plan.command = [NETWORK_INIT, *(plan.command or [])]
+    return plan
+
+
+def apply_limits(plan: LaunchPlan, limits: Limits) -> None:
+    plan.memory_bytes = None if limits.memory is None else parse_bytes(limits.memory)
+    # Docker's default, made explicit so that every engine gives the same: as much swap again.
+    plan.memory_swap_bytes = None if plan.memory_bytes is None else 2 * plan.memory_bytes
+    plan.cpus = float(limits.cpus) if limits.cpus else None
+    plan.pids = limits.pids
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_bytes(value: str | int) -> int:
+    """Bytes from docker's notation: ``512m``, ``2g``, ``1024`` (binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", str(value).lower())
+    if not match:
+        raise InvalidArgument(f"memory limit {value!r} is not a size such as '512m' or '2g'")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+# -- reading an engine's inspect data back (Docker's shape; Podman's compat output too) --
+
+
+def state_from_inspect(info: Mapping[str, Any] | None) -> ContainerState:
+    """A container's state from its inspect data (None: it no longer exists)."""
+    if info is None:
+        return ContainerState(running=False, status="removed")
+    state = info.get("State") or {}
+    exit_code = state.get("ExitCode")
+    return ContainerState(
+        running=bool(state.get("Running")),
+        status=str(state.get("Status", "")),
+        exit_code=exit_code if isinstance(exit_code, int) else None,
+        oom_killed=bool(state.get("OOMKilled")),
+        error=str(state.get("Error") or ""),
+    )
+
+
+def labels_from_inspect(info: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if info is None:
+        return None
+    return dict((info.get("Config") or {}).get("Labels") or {})
+
+
+def published_host_port(info: Mapping[str, Any], container_port: int, container_id: str) -> int:
+    """The host port the engine published ``container_port`` on."""
+    ports = (info.get("NetworkSettings") or {}).get("Ports") or {}
+    bindings = ports.get(f"{container_port}/tcp") or []
+    try:
+        return int(bindings[0]["HostPort"])
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise BackendError(f"container {container_id[:12]} publishes no port for the kernel gateway") from exc
+
+
+def client_host(host_ip: str) -> str:
+    """Where a client on the engine's host connects to a port published on ``host_ip``."""
+    return "127.0.0.1" if host_ip in ("", "0.0.0.0") else ("::1" if host_ip == "::" else host_ip)
+
+
+# -- from spec to a checked plan ----------------------------------------------------------
+
+#: The sandbox option each backend feature stands for, as users write it.
+_OPTION_OF_FEATURE = {
+    BINDS: "binds",
+    LIMITS: "limits (memory, cpus, pids)",
+    READ_ONLY: "read_only=True",
+    NETWORK_POLICY: "a network policy (network='none' or an allowlist)",
+}
+
+
+def features_needed(plan: LaunchPlan) -> list[str]:
+    """The backend features a plan relies on."""
+    needed = []
+    if plan.binds:
+        needed.append(BINDS)
+    if plan.memory_bytes is not None or plan.cpus is not None or plan.pids is not None:
+        needed.append(LIMITS)
+    if plan.read_only:
+        needed.append(READ_ONLY)
+    if plan.network_policed:
+        needed.append(NETWORK_POLICY)
+    return needed
+
+
+def refuse_unsupported(plan: LaunchPlan, backend: Backend) -> None:
+    """Raise UnsupportedOperation when the plan needs what ``backend`` cannot enforce:
+    a sandbox never starts without an option it was given."""
+    for feature in features_needed(plan):
+        if feature not in backend.features:
+            hint = backend.unsupported_hints.get(feature, "")
+            if not hint and feature == LIMITS:
+                hint = "to run without limits, pass limits=pybox.Limits(memory=None, cpus=None, pids=None)"
+            what = f"the {backend.name} backend cannot enforce {_OPTION_OF_FEATURE[feature]}"
+            raise UnsupportedOperation(f"{what}: {hint}" if hint else what)
+
+
+def prepare_launch(
+    spec: ContainerSpec, backend: Backend, adjust: Callable[[LaunchPlan, str], None] | None = None
+) -> LaunchPlan:
+    """The plan a backend starts: pybox's plan for ``spec``, adjusted by plugins
+    (``adjust``: the ``pybox_adjust_launch_plan`` hook) and by the backend itself,
+    then checked against what the backend can enforce."""
+    plan = plan_launch(spec)
+    if adjust is not None:
+        adjust(plan, backend.name)
+    backend.adjust_plan(plan)
+    refuse_unsupported(plan, backend)
+    return plan

@@ -1,0 +1,172 @@
+"""The values exchanged across the plugin boundary: what a sandbox asks for
+(:class:`ContainerSpec`, :class:`Limits`, :class:`Bind`), how it is to be started
+(:class:`LaunchPlan`, made by ``pybox.launch``), and what an engine reports back
+(:class:`Endpoint`, :class:`ContainerState`). Plain data, no behaviour beyond
+validation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pybox.errors import BackendError, InvalidArgument
+from pybox.image_contract import GATEWAY_PORT, NETWORK_INIT, SANDBOX_GID, SANDBOX_UID
+
+#: Label every pybox container carries; other ``pybox.*`` labels say who owns it.
+LABEL = "pybox"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of a sandbox container. ``memory`` as the engine takes it
+    (``"512m"``, ``"2g"`` or bytes), ``cpus`` as a fraction of cores, ``pids`` the
+    maximum number of processes. The defaults keep a runaway program (a memory hog,
+    a fork bomb) from taking the host down; None leaves the engine's default (none)."""
+
+    memory: str | int | None = "2g"
+    cpus: float | None = None
+    pids: int | None = 1024
+
+    def __post_init__(self) -> None:
+        if self.memory is not None and not (
+            (isinstance(self.memory, int) and not isinstance(self.memory, bool) and self.memory > 0)
+            or (isinstance(self.memory, str) and re.fullmatch(r"\d+(\.\d+)?[bkmgBKMG]?", self.memory.strip()))
+        ):
+            raise InvalidArgument(f"memory limit must be bytes or a size such as '512m' or '2g', got {self.memory!r}")
+        if self.cpus is not None and (isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float))
+                                      or self.cpus <= 0):
+            raise InvalidArgument(f"cpus limit must be a positive number, got {self.cpus!r}")
+        if self.pids is not None and (isinstance(self.pids, bool) or not isinstance(self.pids, int) or self.pids < 16):
+            raise InvalidArgument(f"pids limit must be an integer of at least 16, got {self.pids!r}")
+
+
+@dataclass(frozen=True)
+class Bind:
+    """A host path mounted into the container at ``container`` (absolute, under /app)."""
+
+    host: str
+    container: str
+    read_only: bool = False
+
+
+@dataclass
+class ContainerSpec:
+    """Everything a backend needs to start one sandbox container."""
+
+    image: str
+    env: dict[str, str] = field(default_factory=dict)
+    binds: list[Bind] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    labels: dict[str, str] = field(default_factory=dict)
+    gateway_port: int = GATEWAY_PORT
+    host_port: int | None = None  # None: the engine picks a free port
+    host_ip: str = "127.0.0.1"  # local engines publish on loopback only
+    command: list[str] | None = None  # None: the image's own command
+    name: str | None = None
+    # Read-only root filesystem; /app stays writable (a volume of the container's own)
+    # and scratch directories are tmpfs.
+    read_only: bool = False
+    # "open", "none", or a tuple of allowed destinations (IPs, CIDRs, domains); how it
+    # is enforced is decided by pybox.launch.plan_launch.
+    network: str | tuple[str, ...] = "open"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the client reaches the container's gateway."""
+
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """A container's state as the engine reports it."""
+
+    running: bool
+    status: str = ""
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+
+    def describe(self) -> str:
+        """Why the container is not running, in a few words ('OOMKilled', 'exit code 137')."""
+        if self.oom_killed:
+            return f"OOMKilled (the container ran out of memory; exit code {self.exit_code})"
+        parts = [self.status or ("running" if self.running else "stopped")]
+        if self.exit_code is not None and not self.running:
+            parts.append(f"exit code {self.exit_code}")
+        if self.error:
+            parts.append(self.error)
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    """A container port published on the engine's host (``host_port`` None: the engine
+    picks a free one)."""
+
+    container_port: int
+    host_ip: str
+    host_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """A tmpfs mount: ``size`` bytes at ``path``, owned by the sandbox user when
+    ``sandbox_owned`` (``uid``/``gid`` on Docker, ``U`` on Podman)."""
+
+    path: str
+    size: int
+    sandbox_owned: bool = False
+    uid: int = SANDBOX_UID
+    gid: int = SANDBOX_GID
+
+
+@dataclass
+class LaunchPlan:
+    """Everything an engine needs to start one sandbox container, engine-neutral.
+
+    Mutable so that ``pybox_adjust_launch_plan`` hooks can change it in place; the
+    backend reads it once, when it starts the container.
+    """
+
+    image: str
+    #: None: the image's own command.
+    command: list[str] | None = None
+    #: None: the image's user (the sandbox user); "0" when the init must run as root.
+    user: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: list[PublishedPort] = field(default_factory=list)
+    binds: list[Bind] = field(default_factory=list)
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    no_new_privileges: bool = True
+    read_only: bool = False
+    #: tmpfs mounts.
+    scratch: list[Scratch] = field(default_factory=list)
+    #: Container paths that get an anonymous volume (removed with the container).
+    volumes: list[str] = field(default_factory=list)
+    memory_bytes: int | None = None
+    #: Memory plus swap; None: the engine's default.
+    memory_swap_bytes: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+    name: str | None = None
+    #: The port the gateway listens on inside the container.
+    gateway_port: int = GATEWAY_PORT
+
+    @property
+    def network_policed(self) -> bool:
+        """Whether the image's init applies a network policy before the gateway starts."""
+        return bool(self.command) and self.command[0] == NETWORK_INIT  # type: ignore[index]
+
+    def published(self, container_port: int) -> PublishedPort:
+        for port in self.ports:
+            if port.container_port == container_port:
+                return port
+        raise BackendError(f"the launch plan publishes no port {container_port}")
+
+
