@@ -129,7 +129,11 @@ def require_module(module: str, *, backend: str, extra: str) -> None:
     """For a backend plugin's register hook: raise BackendUnavailable naming the extra
     to install when the engine SDK ``module`` is missing. The plugin is then disabled
     and says why; the other backends still load."""
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module blocked in sys.modules
+        found = False
+    if not found:
         raise BackendUnavailable(
             f"the {backend} backend needs the {module!r} package, which is not installed",
             f"install it with `pip install 'pybox[{extra}]'`",

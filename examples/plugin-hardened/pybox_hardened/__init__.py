@@ -1,0 +1,38 @@
+"""A third-party pybox plugin, registered through the ``pybox`` entry point: every
+sandbox hardened, on Docker and Podman alike.
+
+It adds no backend. It adjusts the launch plan pybox decided (hook
+``pybox_adjust_launch_plan``): read-only root filesystem with pybox's own scratch
+mounts and a volume at /app, every capability dropped, no privilege escalation,
+default memory and process limits. Core then checks the plan against what the
+backend enforces, so a backend that cannot do read-only roots refuses to start
+rather than starting unhardened. Turn it off with ``PYBOX_DISABLE_PLUGINS=hardened``.
+"""
+
+import pybox
+from pybox.image_contract import SCRATCH_MOUNTS, WORKDIR
+from pybox.launch import Scratch
+
+#: Limits applied when the sandbox sets none.
+DEFAULT_MEMORY_BYTES = 1 << 30
+DEFAULT_PIDS = 256
+#: What the image's network init needs to apply a policy, then drop to the sandbox
+#: user with no capabilities left (setpriv changes uid/gid and the bounding set).
+NETWORK_INIT_CAPS = ["NET_ADMIN", "SETUID", "SETGID", "SETPCAP"]
+
+
+@pybox.hookimpl
+def pybox_adjust_launch_plan(plan, backend):
+    plan.read_only = True
+    if not plan.scratch:
+        plan.scratch = [Scratch(path, size, owned) for path, size, owned in SCRATCH_MOUNTS]
+    if WORKDIR not in plan.volumes:
+        plan.volumes.append(WORKDIR)
+    plan.cap_drop = ["ALL"]
+    plan.cap_add = NETWORK_INIT_CAPS if plan.network_policed else []
+    plan.no_new_privileges = True
+    if plan.memory_bytes is None:
+        plan.memory_bytes = DEFAULT_MEMORY_BYTES
+        plan.memory_swap_bytes = DEFAULT_MEMORY_BYTES
+    if plan.pids is None:
+        plan.pids = DEFAULT_PIDS
