@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from pybox.errors import InvalidArgument
 from pybox.image_contract import DEFAULT_IMAGE, TOKEN_ENV, WORKDIR
+from pybox.plugins import resolve_backend_name
 from pybox.spec import Bind, Limits
 
 #: Default seconds ``run`` waits before interrupting the code (as ipybox).
@@ -84,10 +85,9 @@ def check_image(image: object) -> str:
 
 def check_backend_name(name: object) -> str | None:
     if name is None:
-        return None
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidArgument(f"backend must be a backend name such as 'docker', or None, got {name!r}")
-    return name.strip()
+        return None  # PYBOX_BACKEND or the default, read when the sandbox is made
+    # Not a usable name: BackendNotFound, listing the installed backends.
+    return resolve_backend_name(name)  # type: ignore[arg-type]
 
 
 def check_limits(limits: object) -> Limits:

@@ -87,11 +87,11 @@ class Plugins:
 
             def register(cls: type[Backend], _plugin: str = plugin_name) -> None:
                 if not (isinstance(cls, type) and issubclass(cls, Backend)):
-                    raise BackendError(f"plugin {_plugin!r} registered {cls!r}, which is not a pybox.backend.Backend")
+                    raise _MisRegistered(f"plugin {_plugin!r} registered {cls!r}, which is not a pybox.backend.Backend")
                 if not cls.name:
-                    raise BackendError(f"plugin {_plugin!r} registered {cls.__name__} without a name")
+                    raise _MisRegistered(f"plugin {_plugin!r} registered {cls.__name__} without a name")
                 if cls.name in found and found[cls.name].cls is not cls:
-                    raise BackendError(
+                    raise _MisRegistered(
                         f"backend name {cls.name!r} registered twice: by plugin "
                         f"{found[cls.name].plugin!r} and by {_plugin!r}"
                     )
@@ -99,7 +99,7 @@ class Plugins:
 
             try:
                 impl.function(register=register)
-            except BackendError:
+            except _MisRegistered:
                 raise  # the plugin registered something wrong: its author must know
             except Exception as exc:  # a plugin that cannot register must not break the others
                 self.load_errors[plugin_name] = str(exc) if isinstance(exc, PyboxError) else (
@@ -125,6 +125,10 @@ class Plugins:
         raise BackendNotFound(name, list(backends))
 
 
+class _MisRegistered(BackendError):
+    """A plugin called ``register`` with something that is not a usable backend."""
+
+
 def require_module(module: str, *, backend: str, extra: str) -> None:
     """For a backend plugin's register hook: raise BackendUnavailable naming the extra
     to install when the engine SDK ``module`` is missing. The plugin is then disabled
@@ -136,7 +140,7 @@ def require_module(module: str, *, backend: str, extra: str) -> None:
     if not found:
         raise BackendUnavailable(
             f"the {backend} backend needs the {module!r} package, which is not installed",
-            f"install it with `pip install 'pybox[{extra}]'`",
+            f"Install it with `pip install 'pybox[{extra}]'`",
         )
 
 

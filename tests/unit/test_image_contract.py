@@ -1,0 +1,74 @@
+"""The names the client and the sandbox image share are defined once in
+pybox.image_contract; here every one of them is looked up in the image's files, so a
+change on one side without the other fails."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pybox import image_contract as contract
+
+SANDBOX = Path(__file__).resolve().parents[2] / "images" / "sandbox"
+
+
+def read(name: str) -> str:
+    return (SANDBOX / name).read_text(encoding="utf-8")
+
+
+def test_the_images_directory_is_found_in_a_checkout_and_is_package_data():
+    assert contract.images_dir() == SANDBOX.parent
+    setup = (SANDBOX.parents[1] / "setup.cfg").read_text()
+    assert "pybox.images = images" in setup and "pybox_images" not in setup
+
+
+def test_gateway_port_workdir_and_command():
+    dockerfile = read("Dockerfile")
+    assert re.search(rf"^EXPOSE {contract.GATEWAY_PORT}$", dockerfile, re.M)
+    assert f"c.KernelGatewayApp.port = {contract.GATEWAY_PORT}" in read("pybox_gateway_config.py")
+    assert re.search(rf"^WORKDIR {contract.WORKDIR}$", dockerfile, re.M)
+    assert f'CMD ["{contract.GATEWAY_COMMAND}"]' in dockerfile
+    assert f"set -- {contract.GATEWAY_COMMAND}" in read("pybox-network-init")
+    assert f"/opt/pybox/bin/{contract.GATEWAY_COMMAND}" in dockerfile
+
+
+def test_the_sandbox_user():
+    dockerfile = read("Dockerfile")
+    assert f"useradd --create-home --uid {contract.SANDBOX_UID} --shell /bin/bash {contract.SANDBOX_USER}" \
+        in dockerfile
+    assert contract.SANDBOX_GID == contract.SANDBOX_UID  # useradd's user-private group
+    init = read("pybox-network-init")
+    assert f"--reuid={contract.SANDBOX_UID} --regid={contract.SANDBOX_GID}" in init
+    assert f"HOME={contract.SANDBOX_HOME} USER={contract.SANDBOX_USER}" in init
+    assert f"IPYTHONDIR={contract.SANDBOX_HOME}/.ipython" in dockerfile
+
+
+@pytest.mark.parametrize("name", ["pybox_boot.py", "pybox_gateway_config.py"])
+def test_token_variable(name):
+    assert f'"{contract.TOKEN_ENV}"' in read(name)
+
+
+def test_prespawn_variable():
+    assert f'"{contract.PRESPAWN_ENV}"' in read("pybox_boot.py")
+
+
+def test_network_init_path_and_variable():
+    assert f"COPY pybox-network-init {contract.NETWORK_INIT}" in read("Dockerfile")
+    assert "${" + contract.NETWORK_ENV + ":-}" in read("pybox-network-init")
+    assert contract.network_policy_value("none") == "none"
+    assert contract.network_policy_value(("1.2.3.4", "a.b")) == "allow:1.2.3.4,a.b"
+    init = read("pybox-network-init")
+    assert "none) ;;" in init and "allow:*)" in init
+
+
+def test_death_reason_field():
+    assert f'"{contract.DEATH_REASON_FIELD}"' in read("pybox_gateway_config.py")
+
+
+def test_scratch_mounts_are_where_the_image_writes_at_run_time():
+    paths = [path for path, _size, _owned in contract.SCRATCH_MOUNTS]
+    assert "/tmp" in paths
+    for path, _size, owned in contract.SCRATCH_MOUNTS:
+        assert path == "/tmp" or (path.startswith(contract.SANDBOX_HOME + "/") and owned)
