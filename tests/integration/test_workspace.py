@@ -5,6 +5,7 @@ import json
 import pytest
 
 import pybox
+from pybox.freeact import execution_environment
 
 from .conftest import BACKEND, IMAGE
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.skipif(BACKEND == "docker-remote", reason="host bind mo
 
 def test_execution_environment(tmp_path):
     (tmp_path / ".env").write_text('API_KEY="from dotenv"\n')
-    with pybox.execution_environment(tmp_path / "ws", key="alice", image=IMAGE, backend=BACKEND,
+    with execution_environment(tmp_path / "ws", key="alice", image=IMAGE, backend=BACKEND,
                                      env_file=tmp_path / ".env", env={"EXTRA": "1"}) as (sandbox, kernel, log):
         assert isinstance(sandbox, pybox.Sandbox)
         result = kernel.run("import os\nprint(os.getcwd(), os.environ['API_KEY'], os.environ['EXTRA'])")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pybox import InvalidArgument, Workspace
-from pybox.workspace import load_env_file, startup_code_for
+from pybox import InvalidArgument
+from pybox.freeact import Workspace, load_env_file, startup_code_for
 
 
 def test_env_file(tmp_path):
