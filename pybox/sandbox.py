@@ -171,7 +171,7 @@ class Sandbox:
         """Start the container and wait until its gateway answers. Idempotent."""
         with self._lock:
             if self._closed:
-                raise SandboxClosed("this sandbox was closed; create a new Sandbox")
+                raise SandboxClosed("this sandbox was closed (stopped); create a new Sandbox")
             if self.id is not None:
                 return self
             deadline = time.monotonic() + self.options.startup_timeout
@@ -278,7 +278,7 @@ class Sandbox:
 
     def _started_gateway(self) -> Gateway:
         if self._closed:
-            raise SandboxClosed("this sandbox was closed")
+            raise SandboxClosed("this sandbox was closed (stopped)")
         if self._gateway is None:
             raise InvalidArgument("the sandbox is not started; call start() or use it in a with block")
         return self._gateway
