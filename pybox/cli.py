@@ -64,7 +64,7 @@ def _backends(args: argparse.Namespace) -> int:
         if reachable is False:
             print(f"    why:  {detail}")
     for plugin, error in sorted(plugins.load_errors.items()):
-        print(f"{plugin}: FAILED TO LOAD: {error}")
+        print(f"{plugin}: DISABLED: {error}")
     return 0
 
 
@@ -88,9 +88,14 @@ def _doctor(args: argparse.Namespace) -> int:
 
     report(sys.version_info >= (3, 10), f"Python {sys.version.split()[0]}", "pybox needs Python 3.10 or newer")
     plugins = get_plugins()
-    for plugin, error in sorted(plugins.load_errors.items()):
-        report(False, f"plugin {plugin} failed to load: {error}", "reinstall or disable it (PYBOX_DISABLE_PLUGINS)")
     name = resolve_backend_name(args.backend)
+    for plugin, error in sorted(plugins.load_errors.items()):
+        if plugin != name:
+            print(f"[--] plugin {plugin} is disabled: {error}")
+    if name not in plugins.backends() and name in plugins.load_errors:
+        report(False, f"backend {name!r} is disabled: {plugins.load_errors[name]}",
+               "install what it names, or pick another backend with PYBOX_BACKEND")
+        return 1
     if name not in plugins.backends():
         report(False, f"backend {name!r} is not installed (installed: {', '.join(sorted(plugins.backends()))})",
                "pick one with PYBOX_BACKEND or install its plugin")

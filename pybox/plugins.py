@@ -44,8 +44,7 @@ class Plugins:
         self._pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self._pm.add_hookspecs(hookspecs)
         self._distributions: dict[str, str] = {}
-        #: Plugins that failed to load or register, by plugin name: the reason.
-        self.load_errors: dict[str, str] = {}
+        self._load_errors: dict[str, str] = {}
         self._load_exceptions: dict[str, PyboxError] = {}
         self._backends: dict[str, BackendInfo] | None = None
         self._lock = threading.Lock()
@@ -61,11 +60,18 @@ class Plugins:
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken third-party plugin must not break the others
-                self.load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                self._load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
                 continue
             self._pm.register(plugin, name=ep.name)
             dist = getattr(ep, "dist", None)
             self._distributions[ep.name] = f"{dist.name} {dist.version}" if dist else ""
+
+    @property
+    def load_errors(self) -> dict[str, str]:
+        """Plugins that failed to load or to register (e.g. their SDK is missing), by
+        plugin name: the reason."""
+        self.backends()
+        return dict(self._load_errors)
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin object in-process (tests, applications embedding a backend)."""
@@ -102,7 +108,7 @@ class Plugins:
             except _MisRegistered:
                 raise  # the plugin registered something wrong: its author must know
             except Exception as exc:  # a plugin that cannot register must not break the others
-                self.load_errors[plugin_name] = str(exc) if isinstance(exc, PyboxError) else (
+                self._load_errors[plugin_name] = str(exc) if isinstance(exc, PyboxError) else (
                     f"{type(exc).__name__}: {exc}")
                 if isinstance(exc, PyboxError):
                     self._load_exceptions[plugin_name] = exc
@@ -120,8 +126,8 @@ class Plugins:
             return backends[name].cls
         if name in self._load_exceptions:
             raise self._load_exceptions[name].with_traceback(None)
-        if name in self.load_errors:
-            raise BackendError(f"the plugin providing backend {name!r} failed to load: {self.load_errors[name]}")
+        if name in self._load_errors:
+            raise BackendError(f"the plugin providing backend {name!r} failed to load: {self._load_errors[name]}")
         raise BackendNotFound(name, list(backends))
 
 

@@ -137,6 +137,23 @@ def test_the_first_party_backends_without_their_sdk(sdk, disabled, extra, workin
     assert done.stdout.strip() == "ok", done.stderr
 
 
+def test_cli_reports_a_backend_disabled_for_its_missing_sdk():
+    code = BLOCK_SDK.format(sdk="docker") + textwrap.dedent("""
+        import sys
+        from pybox.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    listed = subprocess.run([sys.executable, "-c", code, "backends", "--no-probe"], capture_output=True, text=True,
+                            timeout=60)
+    assert "docker: DISABLED: the docker backend needs the 'docker' package" in listed.stdout, listed.stderr
+    assert "pip install 'pybox[docker]'" in listed.stdout
+    assert re.search(r"^podman", listed.stdout, re.M)
+    doctor = subprocess.run([sys.executable, "-c", code, "doctor", "--backend", "docker"], capture_output=True,
+                            text=True, timeout=60)
+    assert doctor.returncode == 1
+    assert "[!!] backend 'docker' is disabled" in doctor.stdout and "pybox[docker]" in doctor.stdout
+
+
 def test_core_install_requires_no_engine_sdk():
     setup = (ROOT / "setup.cfg").read_text()
     install_requires = setup.split("install_requires =", 1)[1].split("\n[", 1)[0]
