@@ -6,7 +6,7 @@ plain blocking Python.
         print(sb.run("print('Hello, world!')").text)
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from typing import Any
 

@@ -46,8 +46,8 @@ def build_image(
     *,
     backend: str | None = None,
     base: str | None = None,
-    ca_bundle: str | Path | None | bool = True,
-    dependencies: str | Path | None = None,
+    ca_bundle: str | os.PathLike[str] | None | bool = True,
+    dependencies: str | os.PathLike[str] | None = None,
     progress: Progress = print,
 ) -> str:
     """Build the sandbox image as ``tag`` and return the base it was built from.

@@ -11,7 +11,7 @@ from pybox.errors import PyboxError
 def _build(args: argparse.Namespace) -> int:
     from pybox.build import build_image
 
-    ca_bundle: object = True
+    ca_bundle: str | bool | None = True
     if args.no_ca_bundle:
         ca_bundle = None
     elif args.ca_bundle:
@@ -142,9 +142,11 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from pybox import __version__
     from pybox.image_contract import DEFAULT_IMAGE
 
     root = argparse.ArgumentParser(prog="pybox", description="Run Python code in sandboxed IPython kernels.")
+    root.add_argument("--version", action="version", version=f"pybox {__version__}")
     commands = root.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build the sandbox image")
     build.add_argument("-t", "--tag", default=DEFAULT_IMAGE, help=f"image name (default: {DEFAULT_IMAGE})")
@@ -179,7 +181,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except PyboxError as exc:
         print(f"pybox {args.command}: {exc}", file=sys.stderr)
         return 1

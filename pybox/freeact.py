@@ -61,7 +61,7 @@ def _check_key(key: str) -> str:
 class Workspace:
     """Skills and images of one or more executors, on the host under ``path``."""
 
-    def __init__(self, path: str | Path = "workspace"):
+    def __init__(self, path: str | os.PathLike[str] = "workspace"):
         if not isinstance(path, (str, Path)) or not str(path).strip():
             raise InvalidArgument(f"workspace path must be a non-empty path, got {path!r}")
         self.path = Path(path).expanduser().absolute()
@@ -103,7 +103,7 @@ class Workspace:
 class ExecutionLog:
     """Append-only JSON lines: one record per execution (code, outputs, error, duration)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -219,7 +219,7 @@ def startup_code_for(key: str) -> str:
     )
 
 
-def load_env_file(path: str | Path) -> dict[str, str]:
+def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """Variables of a ``.env`` file: ``KEY=value`` lines, ``export`` allowed, ``#``
     comments, single quotes literal, double quotes with ``\\n`` escapes."""
     variables: dict[str, str] = {}
@@ -252,14 +252,14 @@ class ExecutionEnvironment(NamedTuple):
 
 @contextlib.contextmanager
 def execution_environment(
-    workspace: str | Path | Workspace = "workspace",
+    workspace: str | os.PathLike[str] | Workspace = "workspace",
     key: str = "default",
     *,
     image: str | None = None,
     backend: str | None = None,
     env: Mapping[str, str] | None = None,
-    env_file: str | Path | None = ".env",
-    log_file: str | Path | None = None,
+    env_file: str | os.PathLike[str] | None = ".env",
+    log_file: str | os.PathLike[str] | None = None,
 ) -> Iterator[ExecutionEnvironment]:
     """A sandbox with the workspace's skills mounted, a CodeExecutor for ``key`` and
     its execution log; everything is cleaned up on exit. Variables of ``env_file``

@@ -142,6 +142,8 @@ def refuse_unsupported(plan: LaunchPlan, backend: Backend) -> None:
             if not hint and feature == LIMITS:
                 hint = "to run without limits, pass limits=pybox.Limits(memory=None, cpus=None, pids=None)"
             what = f"the {backend.name} backend cannot enforce {_OPTION_OF_FEATURE[feature]}"
+            if feature == BINDS:
+                what += f" ({', '.join(b.host for b in plan.binds)})"
             raise UnsupportedOperation(f"{what}: {hint}" if hint else what)
 
 

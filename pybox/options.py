@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pybox.errors import InvalidArgument
 from pybox.image_contract import DEFAULT_IMAGE, TOKEN_ENV, WORKDIR
@@ -28,6 +28,8 @@ DEFAULT_INTERRUPT_GRACE = 2.0
 DEFAULT_STARTUP_TIMEOUT = 60.0
 
 Network = str | tuple[str, ...]
+#: What users pass as ``binds``: host path -> container path.
+BindsArg = Mapping[str, str] | Mapping[os.PathLike[str], str] | Mapping[str | os.PathLike[str], str]
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])
 def check_network(network: object) -> Network:
     if network == "open" or network == "none":
         return str(network)
-    if isinstance(network, str) or not isinstance(network, (list, tuple)):
+    if isinstance(network, (str, bytes)) or not isinstance(network, Sequence):
         raise InvalidArgument(f"network must be 'open', 'none' or a list of allowed destinations, got {network!r}")
     entries = []
     for entry in network:

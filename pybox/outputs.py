@@ -196,7 +196,8 @@ class Result:
         """Every kept output in order; a truncation marker where the middle was left out."""
         if "outputs" not in self._cache:
             self._cache["outputs"] = [o for _, o in self._head] + self._markers() + [o for _, o in self._tail]
-        return self._cache["outputs"]
+        outputs: list[Output] = self._cache["outputs"]
+        return outputs
 
     @property
     def stdout(self) -> str:

@@ -12,10 +12,11 @@ import os
 import secrets
 import threading
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from pybox.backend import Backend, Bind, ContainerSpec, Limits
 from pybox.errors import (
+    BackendError,
     BackendUnavailable,
     InvalidArgument,
     PyboxError,
@@ -32,6 +33,7 @@ from pybox.options import (
     DEFAULT_INTERRUPT_GRACE,
     DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_TIMEOUT,
+    BindsArg,
     Network,
     SandboxOptions,
     check_network,
@@ -85,7 +87,7 @@ class Sandbox:
         image: str | None = None,
         backend: str | None = None,
         *,
-        binds: Mapping[str | os.PathLike[str], str] | None = None,
+        binds: BindsArg | None = None,
         env: Mapping[str, str] | None = None,
         limits: Limits | None = None,
         port: int | None = None,
@@ -94,7 +96,7 @@ class Sandbox:
         startup_code: str | None = None,
         read_only: bool = False,
         max_output: int | None = None,
-        network: str | list[str] | tuple[str, ...] = "open",
+        network: str | Sequence[str] = "open",
         options: SandboxOptions | None = None,
     ):
         if options is None:
@@ -186,7 +188,11 @@ class Sandbox:
             self.id = backend.start(plan)
             track_live(self)
             try:
-                endpoint = backend.endpoint(self.id, plan)
+                try:
+                    endpoint = backend.endpoint(self.id, plan)
+                except BackendError:
+                    self._check_alive()  # exited already (e.g. its init failed): say why, with its logs
+                    raise
                 self._gateway = Gateway(endpoint.host, endpoint.port, self.token)
                 self._wait_for_gateway(deadline)
             except BaseException:
@@ -207,20 +213,22 @@ class Sandbox:
             network=options.network,
         )
 
+    def _check_alive(self) -> None:
+        """Raise StartupTimeout, with the container's logs, if it stopped while starting."""
+        assert self._backend is not None and self.id is not None
+        backend, container = self._backend, self.id
+        state = backend.inspect(container)
+        if not state.running:
+            raise StartupTimeout(
+                f"sandbox container {container[:12]} from image {self.image!r} stopped before its "
+                f"kernel gateway answered ({state.describe()})",
+                backend.logs(container),
+            )
+
     def _wait_for_gateway(self, deadline: float) -> None:
         assert self._backend is not None and self._gateway is not None and self.id is not None
         backend, container = self._backend, self.id
-
-        def check_alive() -> None:  # a container that exited will never answer: say so now
-            state = backend.inspect(container)
-            if not state.running:
-                raise StartupTimeout(
-                    f"sandbox container {container[:12]} from image {self.image!r} stopped before its "
-                    f"kernel gateway answered ({state.describe()})",
-                    backend.logs(container),
-                )
-
-        if not self._gateway.wait_until_ready(deadline, check_alive):
+        if not self._gateway.wait_until_ready(deadline, self._check_alive):
             raise StartupTimeout(
                 f"the kernel gateway in container {container[:12]} did not answer within "
                 f"{self.options.startup_timeout:g} s",
@@ -323,7 +331,7 @@ class Sandbox:
         """Send ``code`` to the default kernel; returns its Execution at once."""
         return self.default_kernel.submit(code, max_output=max_output)
 
-    def module_sources(self, names: list[str]) -> dict[str, str]:
+    def module_sources(self, names: Sequence[str]) -> dict[str, str]:
         """The source code of modules importable in the sandbox, by name (as ipybox's
         ``get_module_sources``; freeact shows skills to a model this way)."""
         return self.default_kernel.module_sources(names)

@@ -122,9 +122,9 @@ class KernelChannel:
             pass
         self._reader.join(timeout=1.0)
         try:
-            self._ws.abort()  # wakes a reader still blocked in recv
+            self._ws.abort()  # type: ignore[no-untyped-call]  # wakes a reader still blocked in recv
         except (websocket.WebSocketException, OSError):
             pass
         self._reader.join(timeout=1.0)
-        self._ws.shutdown()
+        self._ws.shutdown()  # type: ignore[no-untyped-call]
         self.closed = True

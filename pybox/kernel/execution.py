@@ -17,7 +17,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 from pybox.errors import ExecutionError, ExecutionTimeout, InvalidArgument, PyboxError
 from pybox.kernel import messages
@@ -81,7 +81,7 @@ class Execution:
         self._flags = threading.Lock()  # _started / _cancel_requested, shared with the reader thread
         self._result = Result(max_output)
         self._fresh: list[Output] = []  # outputs handled in this step, for the live consumer
-        self._reply: dict | None = None
+        self._reply: dict[str, Any] | None = None
         self._failure: PyboxError | None = None
         self._done = threading.Event()
         self._started = False

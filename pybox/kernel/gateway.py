@@ -113,7 +113,7 @@ class Gateway:
             body["name"] = name
         if env:
             body["env"] = env
-        return self._request("POST", "/api/kernels", json=body)["id"]
+        return str(self._request("POST", "/api/kernels", json=body)["id"])
 
     def interrupt_kernel(self, kernel_id: str) -> None:
         self._request("POST", f"/api/kernels/{kernel_id}/interrupt")

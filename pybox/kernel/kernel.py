@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Callable
+from typing import Callable, Sequence
 
 from pybox.errors import (
     ChannelError,
@@ -118,7 +118,7 @@ class Kernel:
         try:
             gateway.wait_ready(time.monotonic() + check_seconds(timeout, "timeout"))
             created = kernel_id is None
-            kid = gateway.create_kernel() if created else kernel_id
+            kid = gateway.create_kernel() if kernel_id is None else kernel_id
             return cls(gateway, kid, delete_on_close=created, close_gateway=True,
                        interrupt_grace=options.interrupt_grace, startup_code=options.startup_code,
                        max_output=options.max_output)
@@ -230,7 +230,7 @@ class Kernel:
         if self._closed:
             raise SandboxClosed(f"kernel {self.id} is closed")
 
-    def module_sources(self, names: list[str], timeout: float | None = 60.0) -> dict[str, str]:
+    def module_sources(self, names: Sequence[str], timeout: float | None = 60.0) -> dict[str, str]:
         """The source code of modules importable in the kernel, by module name (a
         package gives its ``__init__``). Unknown modules raise ExecutionError
         (ModuleNotFoundError); modules without Python source (built-ins, C

@@ -57,22 +57,25 @@ def decode(frame: str | bytes) -> Message:
     """Decode a websocket frame: JSON text, or the gateway's binary framing for
     messages with buffers (uint32 count, uint32 offsets, JSON, then raw buffers)."""
     if isinstance(frame, str):
-        return json.loads(frame)
+        decoded: Message = json.loads(frame)
+        return decoded
     (count,) = struct.unpack_from("!I", frame, 0)
     offsets = list(struct.unpack_from(f"!{count}I", frame, 4))
     offsets.append(len(frame))
-    msg = json.loads(frame[offsets[0] : offsets[1]].decode("utf-8"))
+    msg: Message = json.loads(frame[offsets[0] : offsets[1]].decode("utf-8"))
     msg["buffers"] = [frame[offsets[i] : offsets[i + 1]] for i in range(1, count)]
     return msg
 
 
 def parent_id(msg: Message) -> str | None:
     parent = msg.get("parent_header") or {}
-    return parent.get("msg_id")
+    msg_id = parent.get("msg_id")
+    return msg_id if isinstance(msg_id, str) else None
 
 
 def msg_type(msg: Message) -> str:
-    return (msg.get("header") or {}).get("msg_type") or msg.get("msg_type", "")
+    kind = (msg.get("header") or {}).get("msg_type") or msg.get("msg_type", "")
+    return kind if isinstance(kind, str) else ""
 
 
 def execution_state(msg: Message) -> str | None:

@@ -19,9 +19,11 @@ def read(name: str) -> str:
 
 
 def test_the_images_directory_is_found_in_a_checkout_and_is_package_data():
-    assert contract.images_dir() == SANDBOX.parent
-    setup = (SANDBOX.parents[1] / "setup.cfg").read_text()
-    assert "pybox.images = images" in setup and "pybox_images" not in setup
+    found = contract.images_dir() / "sandbox"  # this checkout's, or the installed package's copy
+    for name in ("Dockerfile", "pybox-network-init", "pybox_boot.py", "requirements.txt"):
+        assert (found / name).read_bytes() == (SANDBOX / name).read_bytes()
+    pyproject = (SANDBOX.parents[1] / "pyproject.toml").read_text()
+    assert '"pybox.images" = "images"' in pyproject and "pybox_images" not in pyproject
 
 
 def test_gateway_port_workdir_and_command():

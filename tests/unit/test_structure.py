@@ -155,11 +155,11 @@ def test_cli_reports_a_backend_disabled_for_its_missing_sdk():
 
 
 def test_core_install_requires_no_engine_sdk():
-    setup = (ROOT / "setup.cfg").read_text()
-    install_requires = setup.split("install_requires =", 1)[1].split("\n[", 1)[0]
-    assert "docker" not in install_requires and "podman" not in install_requires
-    extras = setup.split("[options.extras_require]", 1)[1]
-    for extra in ("docker =", "podman =", "all ="):
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    dependencies = pyproject.split("\ndependencies = [", 1)[1].split("]", 1)[0]
+    assert "docker" not in dependencies and "podman" not in dependencies
+    extras = pyproject.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    for extra in ('docker = ["docker', 'podman = ["podman', 'all = ["docker'):
         assert extra in extras
 
 
