@@ -8,6 +8,7 @@ plain blocking Python.
 
 __version__ = "0.2.0"
 
+import logging
 from typing import Any
 
 from pybox.backend import Backend, ContainerSpec, ContainerState, Endpoint, LaunchPlan, Limits
@@ -75,6 +76,10 @@ __all__ = [
     "disable_process_hooks",
     "hookimpl",
 ]
+
+# pybox logs under "pybox" (and "pybox.<module>"); silent unless the application
+# configures logging.
+logging.getLogger("pybox").addHandler(logging.NullHandler())
 
 # The freeact layer moved to pybox.freeact; its old names here work until pybox 0.3.
 _MOVED_TO_FREEACT = ("CodeExecutor", "ExecutionEnvironment", "ExecutionLog", "Workspace", "execution_environment")

@@ -10,12 +10,13 @@ otherwise: TLS-intercepting proxies need it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 from pybox.backend import Backend
 from pybox.errors import BackendError, InvalidArgument
@@ -30,6 +31,58 @@ BOOTSTRAP_BASE = "pybox-base:bookworm"
 CA_BUNDLE_VARIABLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 
 Progress = Callable[[str], None]
+
+# A requirement pip understands, kept to what needs no quoting in the image's shell: a
+# name, extras, version specifiers (no URLs, markers or spaces).
+_REQUIREMENT = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+    r"(?:\[[A-Za-z0-9._-]+(?:,[A-Za-z0-9._-]+)*\])?"
+    r"(?:(?:===|~=|==|!=|<=|>=|<|>)[A-Za-z0-9.*+!_-]+(?:,(?:===|~=|==|!=|<=|>=|<|>)[A-Za-z0-9.*+!_-]+)*)?"
+)
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+_ARGUMENT = re.compile(r"[A-Za-z0-9._=/-]+")
+
+
+class KernelPackage(NamedTuple):
+    """A kernel ``pybox build --kernel`` adds: the pip requirement, and the command
+    (``python -m MODULE ARG...``, run with ``--sys-prefix``) that registers its
+    kernelspec, empty when the package's wheel ships the kernelspec itself."""
+
+    requirement: str
+    install: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> KernelPackage:
+        """From ``REQUIREMENT[:INSTALL_MODULE [ARG...]]``, e.g. ``bash_kernel==0.10.0:bash_kernel.install``
+        or ``"metakernel_python:metakernel_python install"``; InvalidArgument if malformed."""
+        if not isinstance(text, str):
+            raise InvalidArgument(f"a kernel must be given as a str, not {type(text).__name__}")
+        requirement, colon, install = text.strip().partition(":")
+        if not _REQUIREMENT.fullmatch(requirement):
+            raise InvalidArgument(
+                f"kernel {text!r}: {requirement!r} is not a package requirement (a PyPI name, optionally "
+                "with [extras] and version specifiers such as ==1.0; no URLs or spaces)")
+        words = tuple(install.split())
+        if colon and not words:
+            raise InvalidArgument(f"kernel {text!r}: nothing after ':' (the module that installs its kernelspec)")
+        if words and not _MODULE.fullmatch(words[0]):
+            raise InvalidArgument(f"kernel {text!r}: {words[0]!r} is not a Python module name")
+        for word in words[1:]:
+            if not _ARGUMENT.fullmatch(word):
+                raise InvalidArgument(f"kernel {text!r}: argument {word!r} may only have letters, digits and ._=/-")
+        return cls(requirement, words)
+
+    def line(self) -> str:
+        """Its line in the build context's extra-kernels.txt (read by the Dockerfile)."""
+        return " ".join((self.requirement, *self.install))
+
+
+def kernels_file(kernels: Sequence[str | KernelPackage]) -> str:
+    """The content of extra-kernels.txt for ``kernels`` (each checked)."""
+    if isinstance(kernels, str):
+        raise InvalidArgument("kernels must be a list of REQUIREMENT[:INSTALL_MODULE] strings, not one str")
+    packages = [k if isinstance(k, KernelPackage) else KernelPackage.parse(k) for k in kernels]
+    return "".join(package.line() + "\n" for package in packages)
 
 
 def default_ca_bundle() -> Path | None:
@@ -48,13 +101,17 @@ def build_image(
     base: str | None = None,
     ca_bundle: str | os.PathLike[str] | None | bool = True,
     dependencies: str | os.PathLike[str] | None = None,
+    kernels: Sequence[str | KernelPackage] = (),
     progress: Progress = print,
 ) -> str:
     """Build the sandbox image as ``tag`` and return the base it was built from.
 
     ``ca_bundle``: True picks the one pip is configured with, a path uses that file,
     False/None uses none. ``dependencies``: a requirements file of extra packages.
+    ``kernels``: more Jupyter kernels, each ``REQUIREMENT[:INSTALL_MODULE [ARG...]]``
+    (see :class:`KernelPackage`); the image always has ``python3`` and ``bash``.
     """
+    extra_kernels = kernels_file(kernels)
     if ca_bundle is True:
         bundle = default_ca_bundle()
     elif ca_bundle in (False, None):
@@ -84,6 +141,7 @@ def build_image(
                     shutil.copy2(item, context / item.name)
             (context / "ca-bundle.crt").write_bytes(bundle.read_bytes() if bundle else b"")
             (context / "extra-requirements.txt").write_text(extra.read_text() if extra else "")
+            (context / "extra-kernels.txt").write_text(extra_kernels)
             engine.build_image(context, tag, {"BASE_IMAGE": base}, progress)
         progress(f"pybox build: {tag} built in {time.monotonic() - started:.0f} s")
         return base

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
+from typing import Any
 
 from pybox.errors import PyboxError
 
@@ -16,8 +20,15 @@ def _build(args: argparse.Namespace) -> int:
         ca_bundle = None
     elif args.ca_bundle:
         ca_bundle = args.ca_bundle
+
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(line, flush=True)
+
     build_image(args.tag, backend=args.backend, base=args.base, ca_bundle=ca_bundle,
-                dependencies=args.dependencies, progress=lambda line: print(line, flush=True))
+                dependencies=args.dependencies, kernels=args.kernels or (), progress=progress)
+    if args.quiet:
+        print(args.tag)
     return 0
 
 
@@ -48,58 +59,82 @@ def _probe(name: str, timeout: float = 10.0) -> tuple[bool, str]:
     return outcome[0] if outcome else (False, f"no answer within {timeout:g} s")
 
 
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: list[str]) -> None:
+    """Print ``data`` as JSON with --json, else the human-readable lines."""
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        for line in text:
+            print(line)
+
+
 def _backends(args: argparse.Namespace) -> int:
     from pybox.plugins import get_plugins, resolve_backend_name
 
     plugins = get_plugins()
     default = resolve_backend_name(None)
+    found: list[dict[str, Any]] = []
+    text: list[str] = []
     for name, info in sorted(plugins.backends().items()):
         reachable, detail = _probe(name) if not args.no_probe else (None, "not probed")
+        found.append({"name": name, "default": name == default, "reachable": reachable, "detail": detail,
+                      "distribution": info.distribution, "plugin": info.plugin,
+                      "description": info.cls.description, "features": sorted(info.cls.features)})
         mark = {True: "reachable", False: "UNREACHABLE", None: "-"}[reachable]
-        star = " (default)" if name == default else ""
-        print(f"{name}{star}: {mark}")
-        print(f"    from: {info.distribution or 'registered in-process'} (plugin {info.plugin!r})")
+        text.append(f"{name}{' (default)' if name == default else ''}: {mark}")
+        text.append(f"    from: {info.distribution or 'registered in-process'} (plugin {info.plugin!r})")
         if info.cls.description:
-            print(f"    what: {info.cls.description}")
+            text.append(f"    what: {info.cls.description}")
         if reachable is False:
-            print(f"    why:  {detail}")
-    for plugin, error in sorted(plugins.load_errors.items()):
-        print(f"{plugin}: DISABLED: {error}")
-    return 0
+            text.append(f"    why:  {detail}")
+    disabled = [{"plugin": plugin, "reason": error} for plugin, error in sorted(plugins.load_errors.items())]
+    text += [f"{d['plugin']}: DISABLED: {d['reason']}" for d in disabled]
+    # With probing, no engine answering is a failure (scripts check `pybox backends`).
+    ok = bool(found) and (args.no_probe or any(b["reachable"] for b in found))
+    if not ok:
+        text.append("no backend's engine answers" if found else "no backend is installed")
+    _emit(args, {"backends": found, "disabled": disabled, "ok": ok}, text)
+    return 0 if ok else 1
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    import os
     import shutil
 
     from pybox.build import REGISTRY_BASE
     from pybox.image_contract import DEFAULT_IMAGE
     from pybox.plugins import get_plugins, resolve_backend_name
 
-    problems = 0
+    checks: list[dict[str, Any]] = []
+    notes: list[str] = []
 
     def report(ok: bool, what: str, fix: str = "") -> None:
-        nonlocal problems
-        print(f"[{'ok' if ok else '!!'}] {what}")
-        if not ok:
-            problems += 1
-            if fix:
-                print(f"     fix: {fix}")
+        checks.append({"ok": ok, "what": what, "fix": "" if ok else fix})
+
+    def finish() -> int:
+        problems = sum(1 for c in checks if not c["ok"])
+        environment = {v: os.environ[v] for v in ("DOCKER_HOST", "CONTAINER_HOST", "PYBOX_BACKEND")
+                       if os.environ.get(v)}
+        text = [f"[{'ok' if c['ok'] else '!!'}] {c['what']}" + (f"\n     fix: {c['fix']}" if c["fix"] else "")
+                for c in checks] + [f"     {note}" for note in notes]
+        text += [f"     {k}={v}" for k, v in environment.items()]
+        text.append("pybox is ready" if not problems else f"{problems} problem(s) found")
+        _emit(args, {"ready": not problems, "checks": checks, "notes": notes, "environment": environment}, text)
+        return 0 if not problems else 1
 
     report(sys.version_info >= (3, 10), f"Python {sys.version.split()[0]}", "pybox needs Python 3.10 or newer")
     plugins = get_plugins()
     name = resolve_backend_name(args.backend)
     for plugin, error in sorted(plugins.load_errors.items()):
         if plugin != name:
-            print(f"[--] plugin {plugin} is disabled: {error}")
-    if name not in plugins.backends() and name in plugins.load_errors:
-        report(False, f"backend {name!r} is disabled: {plugins.load_errors[name]}",
-               "install what it names, or pick another backend with PYBOX_BACKEND")
-        return 1
+            notes.append(f"plugin {plugin} is disabled: {error}")
     if name not in plugins.backends():
-        report(False, f"backend {name!r} is not installed (installed: {', '.join(sorted(plugins.backends()))})",
-               "pick one with PYBOX_BACKEND or install its plugin")
-        return 1
+        if name in plugins.load_errors:
+            report(False, f"backend {name!r} is disabled: {plugins.load_errors[name]}",
+                   "install what it names, or pick another backend with PYBOX_BACKEND")
+        else:
+            report(False, f"backend {name!r} is not installed (installed: {', '.join(sorted(plugins.backends()))})",
+                   "pick one with PYBOX_BACKEND or install its plugin")
+        return finish()
     reachable, detail = _probe(name)
     report(reachable, f"backend {name!r}: {detail}",
            "start the engine, or pick another backend with PYBOX_BACKEND (`pybox backends` lists them)")
@@ -110,20 +145,14 @@ def _doctor(args: argparse.Namespace) -> int:
             report(has_image, f"image {args.image} on {name}",
                    f"build it: pybox build --backend {name}" + ("" if args.image == DEFAULT_IMAGE
                                                                 else f" --tag {args.image}"))
-            if not has_image:
-                has_base = backend.image_exists(REGISTRY_BASE)
-                if not has_base and shutil.which("debootstrap") is None:
-                    print("     note: where no registry is reachable, pybox build makes its base with "
-                          "debootstrap (apt-get install debootstrap, as root), or pass --base IMAGE")
+            if not has_image and not backend.image_exists(REGISTRY_BASE) and shutil.which("debootstrap") is None:
+                notes.append("where no registry is reachable, pybox build makes its base with debootstrap "
+                             "(apt-get install debootstrap, as root), or pass --base IMAGE")
         except PyboxError as exc:
             report(False, f"could not inspect image {args.image}: {exc}")
         finally:
             backend.close()
-    for variable in ("DOCKER_HOST", "CONTAINER_HOST", "PYBOX_BACKEND"):
-        if os.environ.get(variable):
-            print(f"     {variable}={os.environ[variable]}")
-    print("pybox is ready" if not problems else f"{problems} problem(s) found")
-    return 0 if not problems else 1
+    return finish()
 
 
 def _cleanup(args: argparse.Namespace) -> int:
@@ -132,12 +161,13 @@ def _cleanup(args: argparse.Namespace) -> int:
 
     backend = get_plugins().backend(args.backend)()
     try:
-        reaped = reap_orphans(backend)
+        reaped = reap_orphans(backend, dry_run=args.dry_run)
     finally:
         backend.close()
-    for container_id in reaped:
-        print(f"removed {container_id[:12]} (its owner process is gone)")
-    print(f"{len(reaped)} orphaned sandbox container(s) removed; containers of live processes were left alone")
+    verb = "would remove" if args.dry_run else "removed"
+    text = [f"{verb} {container_id[:12]} (its owner process is gone)" for container_id in reaped]
+    text.append(f"{len(reaped)} orphaned sandbox container(s) {verb}; containers of live processes were left alone")
+    _emit(args, {"dry_run": args.dry_run, "orphans": reaped}, text)
     return 0
 
 
@@ -147,6 +177,10 @@ def parser() -> argparse.ArgumentParser:
 
     root = argparse.ArgumentParser(prog="pybox", description="Run Python code in sandboxed IPython kernels.")
     root.add_argument("--version", action="version", version=f"pybox {__version__}")
+    loudness = root.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="count", default=0,
+                          help="log what pybox does to stderr (-vv: debug)")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="errors only")
     commands = root.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="build the sandbox image")
     build.add_argument("-t", "--tag", default=DEFAULT_IMAGE, help=f"image name (default: {DEFAULT_IMAGE})")
@@ -155,31 +189,48 @@ def parser() -> argparse.ArgumentParser:
                        "or a debootstrap-made base where no registry is reachable)")
     build.add_argument("-d", "--dependencies", default=None, metavar="FILE",
                        help="requirements file of extra packages to install in the image")
+    build.add_argument("-k", "--kernel", action="append", dest="kernels", metavar="REQUIREMENT[:INSTALL_MODULE]",
+                       help="add a Jupyter kernel (repeatable; the image always has python3 and bash): "
+                       "pip-install REQUIREMENT (a name, optionally [extras] and a version, e.g. "
+                       "bash_kernel==0.10.0) and register its kernelspec in the image's venv with "
+                       "`python -m INSTALL_MODULE --sys-prefix` (e.g. bash_kernel.install; quote "
+                       "'pkg:module install' to pass arguments); without INSTALL_MODULE the package "
+                       "must ship its kernelspec. Use it with Sandbox.kernel(name=KERNELSPEC_NAME)")
     bundle = build.add_mutually_exclusive_group()
     bundle.add_argument("--ca-bundle", default=None, metavar="FILE",
                         help="CA bundle pip trusts during the build (default: PIP_CERT, "
                         "REQUESTS_CA_BUNDLE or SSL_CERT_FILE)")
     bundle.add_argument("--no-ca-bundle", action="store_true", help="use the base image's CA certificates only")
+    build.add_argument("-q", "--quiet", action="store_true", dest="quiet_build",
+                       help="no build output; print the tag when done")
     build.set_defaults(func=_build)
 
     backends = commands.add_parser("backends", help="list installed backends, where they come from, "
                                    "and whether their engine answers")
     backends.add_argument("--no-probe", action="store_true", help="do not contact the engines")
+    backends.add_argument("--json", action="store_true", help="machine-readable output")
     backends.set_defaults(func=_backends)
 
     doctor = commands.add_parser("doctor", help="explain what is missing on this machine and how to fix it")
     doctor.add_argument("-b", "--backend", default=None, help="backend to check (default: PYBOX_BACKEND or docker)")
     doctor.add_argument("--image", default=DEFAULT_IMAGE, help=f"image to look for (default: {DEFAULT_IMAGE})")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(func=_doctor)
 
     cleanup = commands.add_parser("cleanup", help="remove this host's sandbox containers whose owner process died")
     cleanup.add_argument("-b", "--backend", default=None, help="backend (default: PYBOX_BACKEND or docker)")
+    cleanup.add_argument("-n", "--dry-run", action="store_true", help="list the orphans, remove nothing")
+    cleanup.add_argument("--json", action="store_true", help="machine-readable output")
     cleanup.set_defaults(func=_cleanup)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.quiet = args.quiet or getattr(args, "quiet_build", False)
+    level = logging.ERROR if args.quiet else {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, stream=sys.stderr, format="pybox: %(levelname)s: %(name)s: %(message)s")
+    logging.getLogger("pybox").setLevel(level)
     try:
         code: int = args.func(args)
         return code

@@ -132,14 +132,20 @@ class ExecutionTimeout(PyboxError, TimeoutError):
 class ExecutionError(PyboxError):
     """The user's code raised. ``ename``, ``evalue`` and ``traceback`` (a string
     without ANSI colour codes) describe it; ``result`` holds the output produced
-    before the error."""
+    before the error. Other kernels fill them their own way: bash_kernel reports a
+    nonzero exit status of a cell's last command with ``ename`` empty and the status
+    in ``evalue``."""
 
     def __init__(self, ename: str, evalue: str, traceback: str, result: Result | None = None):
         self.ename = ename
         self.evalue = evalue
         self.traceback = traceback
         self.result = result
-        super().__init__(f"{ename}: {evalue}" if evalue else ename)
+        if not ename:  # e.g. bash_kernel: no name, the exit status as the value
+            message = f"the kernel reported an error: {evalue}" if evalue else "the kernel reported an error"
+        else:
+            message = f"{ename}: {evalue}" if evalue else ename
+        super().__init__(message)
 
     @classmethod
     def from_content(cls, content: dict[str, Any], result: Result | None = None) -> ExecutionError:

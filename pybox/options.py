@@ -125,6 +125,21 @@ def check_startup_code(value: object) -> str | None:
     return value
 
 
+# jupyter_client's kernelspec names (it matches them case-insensitively).
+_KERNEL_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_kernel_name(value: object) -> str:
+    """A kernelspec name (``"python3"``, ``"bash"``): letters, digits, ``.``, ``_``, ``-``."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"kernel name must be a str (a kernelspec name such as 'bash'), "
+                              f"not {type(value).__name__}")
+    if not _KERNEL_NAME.fullmatch(value):
+        raise InvalidArgument(f"kernel name must be a kernelspec name (1-64 letters, digits, '.', '_', '-'), "
+                              f"got {value!r}")
+    return value
+
+
 def check_max_output(value: object) -> int | None:
     if value is None:
         return None

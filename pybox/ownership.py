@@ -15,6 +15,7 @@ the environment) turns all three off, for applications that manage their own.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import secrets
 import signal
@@ -25,6 +26,8 @@ from typing import Callable, Protocol
 
 from pybox.backend import LABEL, Backend
 from pybox.errors import PyboxError
+
+log = logging.getLogger(__name__)
 
 HOST_LABEL = f"{LABEL}.host"
 PID_LABEL = f"{LABEL}.pid"
@@ -83,16 +86,23 @@ def owner_alive(labels: dict[str, str]) -> bool:
     return not recorded or not started or recorded == started
 
 
-def reap_orphans(backend: Backend) -> list[str]:
-    """Remove this host's pybox containers whose owner process is gone; return their ids."""
+def reap_orphans(backend: Backend, dry_run: bool = False) -> list[str]:
+    """Remove this host's pybox containers whose owner process is gone (with
+    ``dry_run``: only find them); return their ids."""
     reaped = []
     for container_id in backend.list_containers({LABEL: "1", HOST_LABEL: socket.gethostname()}):
         try:
             labels = backend.container_labels(container_id)
-        except PyboxError:
+        except PyboxError as exc:
+            log.debug("reaper: cannot read the labels of container %s: %s", container_id[:12], exc)
             continue
         if labels is not None and not owner_alive(labels):
+            if dry_run:
+                reaped.append(container_id)
+                continue
             backend.remove(container_id)
+            log.info("reaper: removed container %s (owner pid %s on %s is gone)", container_id[:12],
+                     labels.get(PID_LABEL), labels.get(HOST_LABEL))
             reaped.append(container_id)
     return reaped
 
@@ -114,8 +124,8 @@ def reap_in_background(make_backend: Callable[[], Backend], name: str) -> None:
         backend = make_backend()
         try:
             reap_orphans(backend)
-        except PyboxError:
-            pass  # best effort: the engine's trouble shows up in the caller's own calls
+        except PyboxError as exc:  # best effort: the engine's trouble shows up in the caller's own calls
+            log.warning("reaper: could not reap orphaned containers on the %s backend: %s", name, exc)
         finally:
             backend.close()
 
@@ -174,8 +184,8 @@ def close_live_sandboxes() -> None:
     for sandbox in list(_live):
         try:
             sandbox.close()
-        except Exception:
-            pass
+        except Exception as exc:  # at exit: close the others whatever happens to one
+            log.warning("could not close %r at process exit: %s", sandbox, exc)
 
 
 def install_process_hooks() -> None:
@@ -194,6 +204,7 @@ def install_process_hooks() -> None:
             return
 
         def handler(signum: int, frame: object) -> None:
+            log.info("SIGTERM: closing %d live sandbox(es)", len(_live))
             try:
                 close_live_sandboxes()
             finally:

@@ -10,6 +10,7 @@ reported when its backend is asked for, instead of breaking the rest.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from pybox import hookspecs
 from pybox.backend import Backend
 from pybox.errors import BackendError, BackendNotFound, BackendUnavailable, PyboxError
 from pybox.spec import LaunchPlan
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "pybox"
 #: Backend used when neither ``Sandbox(backend=...)`` nor ``PYBOX_BACKEND`` picks one.
@@ -61,6 +64,7 @@ class Plugins:
                 plugin = ep.load()
             except Exception as exc:  # a broken third-party plugin must not break the others
                 self._load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("pybox plugin %r failed to load: %s", ep.name, self._load_errors[ep.name])
                 continue
             self._pm.register(plugin, name=ep.name)
             dist = getattr(ep, "dist", None)
@@ -112,6 +116,7 @@ class Plugins:
                     f"{type(exc).__name__}: {exc}")
                 if isinstance(exc, PyboxError):
                     self._load_exceptions[plugin_name] = exc
+                log.info("pybox plugin %r disabled: %s", plugin_name, self._load_errors[plugin_name])
         return found
 
     def adjust_launch_plan(self, plan: LaunchPlan, backend: str) -> None:

@@ -8,10 +8,12 @@ kernel belong to the gateway client. The sandbox holds the container and its ker
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
 import time
+import warnings
 from typing import Mapping, Sequence
 
 from pybox.backend import Backend, Bind, ContainerSpec, Limits
@@ -36,6 +38,7 @@ from pybox.options import (
     BindsArg,
     Network,
     SandboxOptions,
+    check_kernel_name,
     check_network,
     container_path,
 )
@@ -58,6 +61,8 @@ __all__ = [
     "check_network",
     "container_path",
 ]
+
+log = logging.getLogger(__name__)
 
 _SESSION = SESSION  # kept for code written against 0.1
 
@@ -185,8 +190,10 @@ class Sandbox:
                 raise
             reap_in_background(self._backend_cls, self.backend_name)  # containers of dead owners
             install_process_hooks()
+            started = time.monotonic()
             self.id = backend.start(plan)
             track_live(self)
+            log.debug("sandbox container %s created on %s from %s", self.id[:12], self.backend_name, plan.image)
             try:
                 try:
                     endpoint = backend.endpoint(self.id, plan)
@@ -195,9 +202,12 @@ class Sandbox:
                     raise
                 self._gateway = Gateway(endpoint.host, endpoint.port, self.token)
                 self._wait_for_gateway(deadline)
-            except BaseException:
+            except BaseException as exc:
+                log.warning("sandbox container %s failed to start: %s", self.id[:12], exc)
                 self._teardown()
                 raise
+            log.info("sandbox %s started on %s in %.2f s (gateway %s)", self.id[:12], self.backend_name,
+                     time.monotonic() - started, self._gateway.base_url)
         return self
 
     def _spec(self) -> ContainerSpec:
@@ -242,6 +252,8 @@ class Sandbox:
                 return
             self._closed = True
             self._teardown()
+            if self.id is not None:
+                log.info("sandbox %s closed and its container removed", self.id[:12])
 
     #: The same as ``close()`` (the name the design card uses for manual lifecycle).
     stop = close
@@ -268,9 +280,11 @@ class Sandbox:
     def __del__(self) -> None:  # a forgotten sandbox must not outlive its owner's objects
         try:
             if not self._closed and self.id is not None:
+                warnings.warn(f"unclosed {self!r}: its container is removed now; close sandboxes (or use "
+                              f"`with`) when done", ResourceWarning, source=self, stacklevel=2)
                 self.close()
-        except Exception:
-            pass
+        except Exception as exc:  # no exceptions out of __del__
+            log.debug("closing a garbage-collected sandbox failed: %s", exc)
 
     @property
     def closed(self) -> bool:
@@ -293,17 +307,33 @@ class Sandbox:
 
     # -- kernels ---------------------------------------------------------------------
 
-    def kernel(self) -> Kernel:
+    def kernel(self, name: str | None = None) -> Kernel:
         """A new kernel in this container: own state, same filesystem. Close it (or
-        use it as a context manager) when done; ``close()`` closes it anyway."""
-        with self._lock:
-            return self._open_kernel(self._started_gateway().create_kernel())
+        use it as a context manager) when done; ``close()`` closes it anyway.
 
-    def _open_kernel(self, kernel_id: str) -> Kernel:
+        ``name`` picks a kernelspec of the image (``"bash"``; ``kernel_names()`` lists
+        them; default: the Python kernel). One the image lacks raises InvalidArgument
+        naming those it has. ``startup_code`` (Python) runs only in Python kernels."""
+        if name is not None:
+            check_kernel_name(name)
+        with self._lock:
+            gateway = self._started_gateway()
+            if name is None:
+                return self._open_kernel(gateway.create_kernel())
+            language = gateway.kernelspec(name, f"in image {self.image!r}").get("language")
+            return self._open_kernel(gateway.create_kernel(name), name=name, language=language)
+
+    def kernel_names(self) -> list[str]:
+        """The kernelspecs ``kernel(name=...)`` can start in this sandbox (``python3``,
+        ``bash`` and those ``pybox build --kernel`` added)."""
+        return sorted(self._started_gateway().kernelspecs())
+
+    def _open_kernel(self, kernel_id: str, name: str | None = None, language: str | None = None) -> Kernel:
         options = self.options
+        python = language in (None, "python")
         kernel = Kernel(self._started_gateway(), kernel_id, interrupt_grace=options.interrupt_grace,
-                        explain_death=self._explain_death, startup_code=options.startup_code,
-                        max_output=options.max_output)
+                        explain_death=self._explain_death, startup_code=options.startup_code if python else None,
+                        max_output=options.max_output, name=name, language=language)
         self._kernels.append(kernel)
         return kernel
 

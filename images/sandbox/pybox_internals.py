@@ -208,7 +208,10 @@ INTERNALS = [
     Internal("ipykernel", "ipykernel.kernelapp", "IPKernelApp.outstream_class", "ipython_kernel_config.py",
              "config: pybox_kernel.FastOutStream"),
     Internal("ipykernel", "ipykernel.kernelapp", "IPKernelApp.kernel_class", "ipython_kernel_config.py",
-             "config: pybox_kernel.PyboxKernel"),
+             "config: pybox_kernel.PyboxKernel; read first: set only while the default (other kernels' "
+             "apps, e.g. bash_kernel's, pass their own and load this profile too)"),
+    Internal("ipykernel", "ipykernel.ipkernel", "IPythonKernel", "ipython_kernel_config.py",
+             "the default kernel_class, compared by its dotted name"),
     # --- IPython ------------------------------------------------------------------------
     Internal("ipython", "IPython.core.interactiveshell", "InteractiveShell._tee", "pybox_kernel.py",
              "private, overridden to do nothing: run_cell's per-cell stdout/stderr copy"),
@@ -216,6 +219,10 @@ INTERNALS = [
              "config: no history database (also why dropping _tee loses nothing)"),
     # --- traitlets, tornado, pyzmq ------------------------------------------------------
     Internal("traitlets", "traitlets", "Type", "pybox_kernel.py", "PyboxKernel.shell_class"),
+    Internal("traitlets", "traitlets.config", "SingletonConfigurable.initialized", "ipython_kernel_config.py",
+             "whether the kernel app exists while its profile config is read"),
+    Internal("traitlets", "traitlets.config", "SingletonConfigurable.instance", "ipython_kernel_config.py",
+             "that app (launch_instance made it with the kernel_class of its kernel)"),
     Internal("tornado", "tornado.websocket", "WebSocketHandler.set_nodelay", _GW,
              "Nagle off again after HTTP1Connection._finish_request turned it on"),
     Internal("pyzmq", "zmq.eventloop.zmqstream", "ZMQStream.closed", _GW, "iopub checked before its flush"),

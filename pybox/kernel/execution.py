@@ -14,6 +14,7 @@ the caller gets control back with ``ExecutionTimeout`` and the partial output.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -23,6 +24,8 @@ from pybox.errors import ExecutionError, ExecutionTimeout, InvalidArgument, Pybo
 from pybox.kernel import messages
 from pybox.kernel.messages import Message
 from pybox.outputs import DisplayData, ErrorOutput, Output, Result, Stderr, Stdout
+
+log = logging.getLogger(__name__)
 
 
 class ExecutionOwner(Protocol):
@@ -177,8 +180,8 @@ class Execution:
     def _interrupt_quietly(self) -> None:
         try:
             self.kernel.interrupt()
-        except PyboxError:
-            pass  # the kernel is gone; its death reaches the execution on the channel
+        except PyboxError as exc:  # the kernel is gone; its death reaches the execution on the channel
+            log.debug("interrupting kernel %s for a cancel failed: %s", self.kernel.id[:8], exc)
 
     def _step(self, deadline: float | None, timeout: float | None) -> list[Output]:
         """Handle one queued item, or the timeout if the deadline passes first; return
@@ -252,11 +255,13 @@ class Execution:
         interrupted = restarted = False
         if started:
             self._timing_out = True  # idle now means "settled after the interrupt", not "done"
+            log.info("execution %s in kernel %s: timed out after %s s, interrupting", self.msg_id[:8],
+                     self.kernel.id[:8], timeout)
             try:
                 self.kernel.interrupt()
                 interrupted = True
-            except PyboxError:
-                pass
+            except PyboxError as exc:
+                log.warning("kernel %s: the interrupt at the timeout failed: %s", self.kernel.id[:8], exc)
             grace_deadline = time.monotonic() + self.kernel.interrupt_grace
             while not (self._idle and self._reply is not None):
                 try:
@@ -268,6 +273,8 @@ class Execution:
                     return  # the kernel died meanwhile: that is the better answer
             if not (self._idle and self._reply is not None):
                 # SIGINT did not stop the code (ignored, or stuck in C): restart.
+                log.warning("kernel %s did not settle %s s after the interrupt: restarting it (state lost)",
+                            self.kernel.id[:8], self.kernel.interrupt_grace)
                 self.kernel.restart_after_timeout(self)
                 restarted = True
         self._result.error = None  # the KeyboardInterrupt we caused is not the user's error
@@ -281,6 +288,12 @@ class Execution:
         reply = self._reply or {}
         if failure is None and self._result.error is None and reply.get("status") == "error":
             self._result.error = ExecutionError.from_content(reply, self._result)
+        elif failure is None and self._result.error is None and reply.get("status") in ("aborted", "abort"):
+            # The code did not run to its end and the kernel sent no error: bash_kernel
+            # when interrupted (cancel()), ipykernel for a request queued behind a failure.
+            self._result.error = ExecutionError(
+                "Aborted", f"the kernel aborted the execution (reply status {reply['status']!r}): it was "
+                "interrupted, or skipped after an earlier error", "", self._result)
         self._done.set()
         if not self._abandoned:
             self.kernel.execution_finished(self)

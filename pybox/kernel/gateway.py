@@ -6,12 +6,15 @@ are the rare control calls, so a plain ``requests.Session`` is enough.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable
 
 import requests
 
-from pybox.errors import ChannelError, KernelError
+from pybox.errors import ChannelError, InvalidArgument, KernelError
+
+log = logging.getLogger(__name__)
 
 #: How long ``adopt_prespawned`` waits for the prespawned kernel to be listed.
 PRESPAWN_WAIT = 5.0
@@ -94,18 +97,39 @@ class Gateway:
         while True:
             try:
                 kernels = self.list_kernels()
-            except ChannelError:
+            except ChannelError as exc:
                 # The gateway answers 500 while the prespawned kernel is half made
                 # (jupyter_server reads its last_activity before it is set): retry.
+                log.debug("gateway %s: listing kernels failed, retrying: %s", self.base_url, exc)
                 kernels = []
             if kernels:
                 return str(kernels[0]["id"])
             if time.monotonic() >= deadline:
+                log.info("gateway %s: no prespawned kernel within %s s; creating one", self.base_url, wait)
                 return None
             time.sleep(0.01)
 
     def list_kernels(self) -> list[dict[str, Any]]:
         return self._request("GET", "/api/kernels") or []
+
+    def kernelspecs(self) -> dict[str, dict[str, Any]]:
+        """The kernels the gateway can start (GET /api/kernelspecs): kernelspec name ->
+        its spec (``argv``, ``display_name``, ``language``...)."""
+        listed = (self._request("GET", "/api/kernelspecs") or {}).get("kernelspecs") or {}
+        return {str(name): dict((entry or {}).get("spec") or {}) for name, entry in listed.items()}
+
+    def kernelspec(self, name: str, where: str = "") -> dict[str, Any]:
+        """The spec of kernelspec ``name`` (matched case-insensitively, as jupyter_client
+        does). InvalidArgument naming the kernels there are when the gateway has none
+        of that name; ``where`` says whose they are in that message (e.g. the image)."""
+        specs = self.kernelspecs()
+        found = specs.get(name) or specs.get(name.lower())
+        if found is None:
+            have = ", ".join(sorted(specs)) or "none"
+            raise InvalidArgument(
+                f"no kernel named {name!r} {where or f'on the gateway at {self.base_url}'} (it has: {have}); "
+                "add one to the image with `pybox build --kernel REQUIREMENT[:INSTALL_MODULE]`")
+        return found
 
     def create_kernel(self, name: str | None = None, env: dict[str, str] | None = None) -> str:
         body: dict[str, Any] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from pybox.options import (
     DEFAULT_INTERRUPT_GRACE,
     DEFAULT_TIMEOUT,
     SandboxOptions,
+    check_kernel_name,
     check_max_output,
     check_port,
     check_seconds,
@@ -36,9 +38,13 @@ from pybox.outputs import Result
 
 __all__ = ["DEFAULT_INTERRUPT_GRACE", "DEFAULT_TIMEOUT", "Kernel"]
 
+log = logging.getLogger(__name__)
+
 
 class Kernel:
-    """One IPython kernel: its own state, the filesystem of its container.
+    """One kernel: its own state, the filesystem of its container. An IPython kernel
+    unless made from another kernelspec (``name``, e.g. ``"bash"``; ``language`` is the
+    kernelspec's, None when not known).
 
     Made by ``Sandbox.kernel()`` or ``Kernel.connect(host, port, token)``. Usable as
     a context manager; ``close()`` shuts the kernel down (when this object created it).
@@ -61,9 +67,13 @@ class Kernel:
         channel_factory: Callable[..., KernelChannel] = KernelChannel,
         startup_code: str | None = None,
         max_output: int | None = None,
+        name: str | None = None,
+        language: str | None = None,
     ):
         self.id = kernel_id
         self.gateway = gateway
+        self.name = name
+        self.language = language
         self.interrupt_grace = check_seconds(interrupt_grace, "interrupt_grace", zero_ok=True)
         # Arguments are checked before the channel opens: nothing to undo on a bad one.
         self.startup_code = check_startup_code(startup_code)
@@ -102,26 +112,36 @@ class Kernel:
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
         startup_code: str | None = None,
         max_output: int | None = None,
+        name: str | None = None,
     ) -> Kernel:
         """Attach to a sandbox's gateway started elsewhere (another process, another
         host). Creates a new kernel there unless ``kernel_id`` names an existing one;
-        a kernel created here is shut down by ``close()``. The options mean what they
-        mean for ``Sandbox``."""
+        a kernel created here is shut down by ``close()``. ``name`` picks the kernelspec
+        of the kernel created (as for ``Sandbox.kernel``; InvalidArgument with
+        ``kernel_id``). The options mean what they mean for ``Sandbox``."""
         options = SandboxOptions(port=check_port(port), interrupt_grace=interrupt_grace, startup_code=startup_code,
                                  max_output=max_output)
         if not isinstance(host, str) or not host.strip():
             raise InvalidArgument(f"host must be a host name or address, got {host!r}")
         if not isinstance(token, str) or not token:
             raise InvalidArgument("token must be the sandbox's gateway token (a non-empty str)")
+        if name is not None:
+            check_kernel_name(name)
+            if kernel_id is not None:
+                raise InvalidArgument("name picks the kernelspec of a new kernel; not with kernel_id")
         assert options.port is not None
         gateway = Gateway(host, options.port, token)
         try:
             gateway.wait_ready(time.monotonic() + check_seconds(timeout, "timeout"))
             created = kernel_id is None
-            kid = gateway.create_kernel() if kernel_id is None else kernel_id
+            language = None
+            if name is not None:
+                language = gateway.kernelspec(name).get("language")
+            kid = gateway.create_kernel(name) if kernel_id is None else kernel_id
+            # startup_code was given for this very kernel: it runs whatever its language.
             return cls(gateway, kid, delete_on_close=created, close_gateway=True,
                        interrupt_grace=options.interrupt_grace, startup_code=options.startup_code,
-                       max_output=options.max_output)
+                       max_output=options.max_output, name=name, language=language)
         except BaseException:
             gateway.close()
             raise
@@ -186,6 +206,7 @@ class Kernel:
 
     def _restart(self, timed_out: Execution | None) -> None:
         self._check_open()
+        log.info("kernel %s: restarting", self.id[:8])
         self._restarting = True
         try:
             self.gateway.restart_kernel(self.id)
@@ -205,8 +226,8 @@ class Kernel:
         if self._delete_on_close if shutdown is None else shutdown:
             try:
                 self.gateway.delete_kernel(self.id)
-            except PyboxError:
-                pass  # the container may already be gone; nothing left to shut down
+            except PyboxError as exc:  # the container may already be gone; nothing left to shut down
+                log.debug("kernel %s: shutdown on close failed: %s", self.id[:8], exc)
         if self._close_gateway:
             self.gateway.close()
 
@@ -222,7 +243,8 @@ class Kernel:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<pybox.Kernel {self.id} at {self.gateway.base_url} {state}>"
+        kind = f" ({self.name})" if self.name else ""
+        return f"<pybox.Kernel {self.id}{kind} at {self.gateway.base_url} {state}>"
 
     # -- internals -----------------------------------------------------------------------
 
@@ -237,6 +259,9 @@ class Kernel:
         extensions) raise InvalidArgument."""
         if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
             raise InvalidArgument(f"names must be a list of module names, got {names!r}")
+        if self.language not in (None, "python"):
+            raise InvalidArgument(f"module_sources needs a Python kernel; kernel {self.id} is {self.name!r} "
+                                  f"({self.language})")
         code = _MODULE_SOURCES_CODE.replace("NAMES", repr(list(names)))
         self._prepare()
         result = self._send(code, store_history=False).result(timeout=timeout)
@@ -305,6 +330,8 @@ class Kernel:
             return
         state = messages.execution_state(msg)
         if state in ("restarting", "dead"):
+            log.warning("kernel %s died (%s)", self.id[:8], (msg.get("content") or {}).get(DEATH_REASON_FIELD)
+                        or "the kernel process exited")
             self._needs_nudge = True
             # The container runs on (the gateway restarted the kernel); pybox's gateway
             # says why the kernel process died (e.g. OOMKilled).

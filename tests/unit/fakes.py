@@ -33,6 +33,7 @@ from pybox import hookimpl
 from pybox.backend import ALL_FEATURES, Backend, ContainerState, Endpoint, LaunchPlan
 from pybox.errors import ChannelError
 from pybox.kernel import Kernel
+from pybox.kernel.gateway import Gateway
 
 #: Placeholder parent id: replaced by the msg_id of the execute_request being played.
 PARENT = "<parent>"
@@ -318,6 +319,7 @@ class FakeGateway:
 
     ``on_interrupt`` / ``on_restart`` (callables taking the kernel id) script the
     kernel's reaction; by default an interrupt does nothing (code ignoring SIGINT).
+    ``specs`` are the kernelspecs it lists (the image's: python3 and bash).
     """
 
     def __init__(self, token: str = "secret-token", base_url: str = "http://127.0.0.1:1"):
@@ -328,9 +330,25 @@ class FakeGateway:
         self.on_restart: Callable[[str], None] | None = None
         self.delete_error: BaseException | None = None
         self.closed = False
+        self.specs: dict[str, dict[str, Any]] = {
+            "python3": {"argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                        "display_name": "Python 3 (ipykernel)", "language": "python"},
+            "bash": {"argv": ["/opt/pybox/bin/python", "-m", "bash_kernel", "-f", "{connection_file}"],
+                     "display_name": "Bash", "language": "bash"},
+        }
 
     def ws_url(self, kernel_id: str) -> str:
         return f"ws://fake-gateway/api/kernels/{kernel_id}/channels"
+
+    def kernelspecs(self) -> dict[str, dict[str, Any]]:
+        self.calls.append(("kernelspecs", ""))
+        return {name: dict(spec) for name, spec in self.specs.items()}
+
+    kernelspec = Gateway.kernelspec  # the real lookup, over the fake's kernelspecs()
+
+    def create_kernel(self, name: str | None = None, env: dict[str, str] | None = None) -> str:
+        self.calls.append(("create", name or ""))
+        return uuid.uuid4().hex
 
     def interrupt_kernel(self, kernel_id: str) -> None:
         self.calls.append(("interrupt", kernel_id))
