@@ -36,6 +36,17 @@ class UnsafeArchive(PyboxError):
     ``..``, a link pointing out, a device): nothing of it is written."""
 
 
+class DownloadTooLarge(UnsafeArchive):
+    """A download's archive stream passed its size cap (``max_bytes``); nothing of it
+    is written. ``source`` is the sandbox path, ``limit`` the cap in bytes."""
+
+    def __init__(self, source: str, limit: int):
+        self.source = source
+        self.limit = limit
+        super().__init__(f"the download of {source!r} is larger than its cap of {limit} bytes; nothing was "
+                         f"written (pass max_bytes=... to download more, or None for no cap)")
+
+
 class SandboxClosed(PyboxError):
     """The sandbox or kernel was used after ``stop()`` / ``close()``."""
 
@@ -71,6 +82,65 @@ class ImageNotFound(BackendError):
         self.image = image
         hint = hint or "build it with `pybox build` (or `python -m pybox build`)"
         super().__init__(f"image {image!r} not found; {hint}")
+
+
+class ImagePullError(ImageNotFound):
+    """The image is not on the engine and pulling it from its registry failed.
+
+    ``registry`` is the registry's address (``docker.io`` for a name without one),
+    ``reason`` one of ``UNAUTHORIZED``, ``NOT_FOUND``, ``RATE_LIMITED``, ``UNREACHABLE``,
+    ``TLS`` or ``FAILED``, and ``detail`` the registry's (or engine's) own words. It is
+    an ImageNotFound because the image is missing either way: code that handled a
+    missing image before pybox pulled images still catches it."""
+
+    UNAUTHORIZED = "authentication required or access denied"
+    NOT_FOUND = "not found in the registry"
+    RATE_LIMITED = "rate limit reached"
+    UNREACHABLE = "registry unreachable"
+    TLS = "TLS failed"
+    FAILED = "pull failed"
+
+    _HINTS = {
+        UNAUTHORIZED: "log in first (`docker login REGISTRY` / `podman login REGISTRY`) or check the name",
+        NOT_FOUND: "check the repository name and the tag",
+        RATE_LIMITED: "wait and try again, log in (higher limits) or use a mirror",
+        UNREACHABLE: "check the registry's address and port, that it is running, and the network or proxy "
+                     "between the engine and it",
+        TLS: "the engine must trust the registry's certificate, or be configured to reach it as an insecure "
+             "registry (Docker: insecure-registries; Podman: registries.conf insecure = true)",
+    }
+
+    def __init__(self, image: str, registry: str, reason: str, detail: str):
+        self.registry = registry
+        self.reason = reason
+        self.detail = detail
+        hint = self._HINTS.get(reason, "")
+        text = f"cannot pull image {image!r} from {registry}: {reason} (the engine reported: {detail})"
+        self.image = image
+        BackendError.__init__(self, f"{text}; {hint}" if hint else text)
+
+
+class IncompatibleImage(BackendError):
+    """The image exists but was not built for this pybox: its ``org.pybox.protocol``
+    label (``found``, None when missing) differs from the protocol this client speaks
+    (``expected``, ``pybox.image_contract.IMAGE_PROTOCOL``). ``version`` is the pybox
+    version that built it, when labelled. Raised before any container is created; the
+    fix is rebuilding the image with ``pybox build``. Not an ImageNotFound: the image is
+    there, and pulling it again would not help."""
+
+    def __init__(self, image: str, found: str | None, expected: int, version: str | None = None):
+        self.image = image
+        self.found = found
+        self.expected = expected
+        self.version = version
+        if found is None:
+            what = "carries no org.pybox.protocol label (built by an older pybox, or not by `pybox build`)"
+        else:
+            built = f" by pybox {version}" if version else ""
+            what = f"was built{built} for image protocol {found}"
+        super().__init__(f"image {image!r} {what}, but this pybox needs image protocol {expected}: rebuild it "
+                         f"with `pybox build` (or `python -m pybox build`; for a registry image, push the "
+                         f"rebuilt image)")
 
 
 class StartupTimeout(BackendError):

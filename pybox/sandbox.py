@@ -25,7 +25,7 @@ from pybox.errors import (
     SandboxClosed,
     StartupTimeout,
 )
-from pybox.files import check_local_path, check_local_source, extract_stream, upload_stream
+from pybox.files import DEFAULT_MAX_DOWNLOAD, check_local_path, check_local_source, extract_stream, upload_stream
 from pybox.image_contract import DEFAULT_IMAGE, PRESPAWN_ENV, TOKEN_ENV, WORKDIR
 from pybox.kernel import Kernel
 from pybox.kernel.execution import Execution
@@ -384,14 +384,21 @@ class Sandbox:
         backend, container = self._started_container()
         backend.put_archive(container, WORKDIR, upload_stream(source, target[len(WORKDIR) + 1 :]))
 
-    def download(self, remote: str, local: str | os.PathLike[str]) -> None:
+    def download(self, remote: str, local: str | os.PathLike[str], *,
+                 max_bytes: int | None = DEFAULT_MAX_DOWNLOAD) -> None:
         """Copy ``remote`` (file or directory; relative paths are under /app) from the
-        sandbox to ``local``. Streamed; members that would land outside ``local`` are
-        refused."""
+        sandbox to ``local`` (a directory onto an existing directory is merged into it).
+        The sandbox writes the archive, so it is treated as hostile: nothing is written
+        outside ``local`` or through a link, links must resolve inside it, and a refused
+        archive (UnsafeArchive) leaves nothing behind. ``max_bytes`` caps the archive
+        (DownloadTooLarge past it; default 1 GiB, None: no cap)."""
         source = container_path(remote, "download source")
         target = check_local_path(local)
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int)
+                                      or max_bytes <= 0):
+            raise InvalidArgument(f"max_bytes must be a positive number of bytes or None, got {max_bytes!r}")
         backend, container = self._started_container()
-        extract_stream(backend.get_archive(container, source), source, target)
+        extract_stream(backend.get_archive(container, source), source, target, max_bytes=max_bytes)
 
     def _started_container(self) -> tuple[Backend, str]:
         self._started_gateway()
