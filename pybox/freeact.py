@@ -220,28 +220,20 @@ def startup_code_for(key: str) -> str:
 
 
 def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Variables of a ``.env`` file: ``KEY=value`` lines, ``export`` allowed, ``#``
-    comments, single quotes literal, double quotes with ``\\n`` escapes."""
-    variables: dict[str, str] = {}
-    for number, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-            raise InvalidArgument(f"{path}:{number}: not a KEY=value line: {raw!r}")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == "'":
-            value = value[1:-1]
-        elif len(value) >= 2 and value[0] == value[-1] == '"':
-            value = value[1:-1].replace("\\n", "\n").replace('\\"', '"').replace("\\\\", "\\")
-        else:
-            value = re.split(r"\s+#", value, maxsplit=1)[0].strip()
-        variables[key] = value
-    return variables
+    """Variables of a ``.env`` file, read by python-dotenv as freeact reads them
+    (``export``, comments, quoting, ``${VAR}`` expansion); a line that is not
+    ``KEY=value`` raises InvalidArgument naming it. Needs ``pip install 'pybox[freeact]'``."""
+    try:
+        from dotenv import dotenv_values
+        from dotenv.parser import parse_stream
+    except ImportError as exc:
+        raise InvalidArgument(f"reading {path} needs python-dotenv: pip install 'pybox[freeact]'") from exc
+    with open(path, encoding="utf-8") as handle:
+        for binding in parse_stream(handle):
+            if binding.error:
+                raise InvalidArgument(f"{path}:{binding.original.line}: not a KEY=value line: "
+                                      f"{binding.original.string.strip()!r}")
+    return {key: value for key, value in dotenv_values(path, encoding="utf-8").items() if value is not None}
 
 
 class ExecutionEnvironment(NamedTuple):

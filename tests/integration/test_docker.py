@@ -5,7 +5,7 @@ import pytest
 
 import pybox
 
-from .conftest import BACKEND
+from .conftest import BACKEND, IMAGE
 
 pytestmark = pytest.mark.skipif(BACKEND != "docker", reason="docker backend only")
 
@@ -28,3 +28,36 @@ def test_dead_engine_raises_backend_unavailable(monkeypatch, tmp_path):
         pybox.Sandbox(backend="docker").start()
     assert "DOCKER_HOST" in str(info.value)
     assert info.value.__cause__ is not None
+
+
+def test_the_engine_is_found_through_the_current_docker_context(tmp_path, monkeypatch):
+    """Without DOCKER_HOST, docker-py (>= 7.2) follows the docker CLI's current context."""
+    import hashlib
+    import json
+
+    from pybox.plugins import get_plugins
+
+    name = "pybox-ci-context"
+    socket = tmp_path / "elsewhere.sock"  # the context's own address, not the default socket
+    socket.symlink_to("/var/run/docker.sock")
+    meta = tmp_path / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+    meta.mkdir(parents=True)
+    (meta / "meta.json").write_text(json.dumps({"Name": name, "Metadata": {},
+                                                "Endpoints": {"docker": {"Host": f"unix://{socket}",
+                                                                         "SkipTLSVerify": False}}}))
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": name}))
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    engine = get_plugins().backend("docker")()
+    try:
+        engine.ping()
+        assert engine.api._custom_adapter.socket_path == str(socket)
+    finally:
+        engine.close()
+    with pybox.Sandbox(image=IMAGE, backend="docker") as sb:
+        assert sb.run("print('context')").text == "context"
+    socket.unlink()  # the context is what the backend follows: without its socket, no engine
+    engine = get_plugins().backend("docker")()
+    with pytest.raises(pybox.BackendUnavailable):
+        engine.ping()
+    engine.close()

@@ -90,3 +90,22 @@ def test_read_only_sandbox_leaves_no_volume_behind(backend):
         assert labels["pybox"] == "1"
     assert volumes() - before == set()  # removed with the container
     assert backend.container_labels(sb.id) is None
+
+
+def test_the_service_is_found_through_podmans_own_connection_configuration(tmp_path, monkeypatch):
+    """Without CONTAINER_HOST, podman-py reads the default connection the podman CLI
+    would use (`podman system connection default`), and the sandbox runs there."""
+    import json
+    import os
+
+    socket_url = os.environ["CONTAINER_HOST"]
+    (tmp_path / "containers").mkdir()
+    (tmp_path / "containers" / "podman-connections.json").write_text(json.dumps(
+        {"Connection": {"Default": "ci", "Connections": {"ci": {"URI": socket_url, "Identity": ""}}}}))
+    monkeypatch.delenv("CONTAINER_HOST")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    engine = get_plugins().backend("podman")()
+    assert engine.url == socket_url
+    engine.close()
+    with pybox.Sandbox(image=IMAGE, backend="podman") as sb:
+        assert sb.run("print('found')").text == "found"

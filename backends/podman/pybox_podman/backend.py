@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import socket
 import struct
@@ -30,6 +31,8 @@ from pybox.backend import ALL_FEATURES, Backend, ContainerState, Endpoint, Launc
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
 from pybox.launch import client_host, labels_from_inspect, published_host_port, state_from_inspect
 
+log = logging.getLogger(__name__)
+
 #: Podman's rootful API socket (``podman system service`` as root, or podman.socket).
 ROOTFUL_SOCKET = "/run/podman/podman.sock"
 #: Seconds an ordinary API call may take; builds and archive copies get longer.
@@ -37,12 +40,34 @@ TIMEOUT = 60
 LONG_TIMEOUT = 3600
 #: Where a registry-less short name is looked for when pulling (docker's convention).
 DEFAULT_REGISTRY = "docker.io"
+def configured_service() -> tuple[str, str | None] | None:
+    """The default connection of Podman's own configuration (``podman system connection
+    default``: podman-connections.json, or containers.conf's ``active_service``), read by
+    podman-py as the podman CLI reads it: its URL and SSH identity, or None."""
+    try:
+        from podman.domain.config import PodmanConfig
+
+        service = PodmanConfig().active_service
+    except Exception as exc:  # an unreadable configuration: fall back as podman would without one
+        log.warning("cannot read Podman's connection configuration: %s", exc)
+        return None
+    url = None if service is None else (service.attrs.get("URI") or service.attrs.get("uri"))
+    if not url:
+        return None
+    identity = service.attrs.get("Identity") or service.attrs.get("identity") or None
+    return str(url), identity
+
+
 def default_url() -> str:
-    """The Podman service's URL: CONTAINER_HOST, else the rootful socket where it
-    exists, else the user's socket under XDG_RUNTIME_DIR."""
+    """The Podman service's URL: CONTAINER_HOST, else the default connection of Podman's
+    configuration, else the rootful socket where it exists, else the user's socket under
+    XDG_RUNTIME_DIR."""
     host = os.environ.get("CONTAINER_HOST", "").strip()
     if host:
         return host
+    configured = configured_service()
+    if configured is not None:
+        return configured[0]
     candidates = [ROOTFUL_SOCKET]
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "").strip()
     if runtime_dir:
@@ -68,13 +93,16 @@ class PodmanBackend(Backend):
 
     def __init__(self) -> None:
         self.url = default_url()
+        configured = None if os.environ.get("CONTAINER_HOST", "").strip() else configured_service()
+        self.identity = configured[1] if configured is not None and configured[0] == self.url else None
         self._api: podman.api.APIClient | None = None
 
     @property
     def api(self) -> podman.api.APIClient:
         if self._api is None:
             try:
-                self._api = podman.PodmanClient(base_url=self.url, timeout=TIMEOUT).api
+                extra = {"identity": self.identity} if self.identity else {}
+                self._api = podman.PodmanClient(base_url=self.url, timeout=TIMEOUT, **extra).api
             except (ValueError, podman.errors.PodmanError) as exc:
                 raise BackendUnavailable(f"cannot use the Podman service at {self.url}: {exc}",
                                          unavailable_hint(self.url)) from exc
