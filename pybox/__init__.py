@@ -11,7 +11,7 @@ __version__ = "0.2.0"
 import logging
 from typing import Any
 
-from pybox.backend import Backend, ContainerSpec, ContainerState, Endpoint, LaunchPlan, Limits
+from pybox.backend import Backend, ContainerSpec, ContainerState, Endpoint, LaunchPlan, Limits, PullProgress
 from pybox.errors import (
     BackendError,
     BackendNotFound,
@@ -21,6 +21,8 @@ from pybox.errors import (
     ExecutionError,
     ExecutionTimeout,
     ImageNotFound,
+    ImagePullError,
+    IncompatibleImage,
     InvalidArgument,
     KernelDied,
     KernelError,
@@ -58,6 +60,8 @@ __all__ = [
     "ExecutionError",
     "ExecutionTimeout",
     "ImageNotFound",
+    "ImagePullError",
+    "IncompatibleImage",
     "InvalidArgument",
     "Kernel",
     "KernelDied",
@@ -65,6 +69,7 @@ __all__ = [
     "LaunchPlan",
     "Limits",
     "Output",
+    "PullProgress",
     "PyboxError",
     "Result",
     "Sandbox",

@@ -29,6 +29,8 @@ from pybox.spec import (
     LaunchPlan,
     Limits,
     PublishedPort,
+    PullProgress,
+    PullProgressCallback,
     Scratch,
 )
 
@@ -50,6 +52,8 @@ __all__ = [
     "LaunchPlan",
     "Limits",
     "PublishedPort",
+    "PullProgress",
+    "PullProgressCallback",
     "Scratch",
 ]
 
@@ -141,9 +145,34 @@ class Backend(abc.ABC):
     def image_exists(self, image: str) -> bool:
         """Whether ``image`` is present on the engine."""
 
-    def pull_image(self, image: str) -> bool:
-        """Pull ``image`` from its registry; False when no registry is reachable."""
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        """The labels of ``image`` (an empty dict when it has none), or None when the
+        engine does not have it. Read without creating a container. Core uses it to
+        refuse, before starting anything, an image built for another image protocol
+        (``IncompatibleImage``); a backend that does not implement it (this default
+        raises UnsupportedOperation) skips that check, and sandboxes then fail later
+        and less clearly on an outdated image."""
+        raise UnsupportedOperation(f"the {self.name} backend cannot read image labels")
+
+    def pull_image(self, image: str, progress: PullProgressCallback | None = None) -> None:
+        """Pull ``image`` from its registry (docker.io for a name without one),
+        reporting to ``progress`` as the engine goes, one ``PullProgress`` per layer
+        event, when given. Use the engine's own credentials (``docker login`` /
+        ``podman login``). Raise ``ImagePullError`` when the pull fails: build it with
+        ``pybox.pull.pull_error(image, what_the_engine_said, status)``, which names the
+        image and the registry and classifies the engine's answer (authentication
+        required or denied, not found / manifest unknown, rate limit (429,
+        toomanyrequests), registry unreachable, TLS); chain the SDK's error with
+        ``raise ... from exc``. Raise ``BackendUnavailable`` when the *engine* does not
+        answer. Core calls it (``pybox.pull.pull``) only for a missing image, one pull
+        of an image at a time per process; ``Sandbox.start`` only for names that
+        include a registry (``host[:port]/...``, ``localhost/...``)."""
         raise UnsupportedOperation(f"the {self.name} backend cannot pull images")
+
+    def tag_image(self, image: str, tag: str) -> None:
+        """Give the existing ``image`` the additional name ``tag`` (``pybox build`` tags
+        the image with pybox's version)."""
+        raise UnsupportedOperation(f"the {self.name} backend cannot tag images")
 
     def build_image(
         self, context: Path, tag: str, buildargs: dict[str, str], progress: Callable[[str], None]

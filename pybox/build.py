@@ -1,10 +1,12 @@
 """Build the sandbox image (``pybox build``).
 
-The base is a registry image (``python:3.11-slim-bookworm``) where a registry is
-reachable; otherwise a Debian base made with debootstrap and imported into the
-engine (``images/bootstrap-base.sh``). pip inside the build trusts the CA bundle pip
-is configured with here (PIP_CERT, REQUESTS_CA_BUNDLE, SSL_CERT_FILE) unless told
-otherwise: TLS-intercepting proxies need it.
+The base is a registry image (``python:3.11-slim-bookworm``) where it can be pulled;
+otherwise a Debian base made with debootstrap and imported into the engine
+(``images/bootstrap-base.sh``). The image is labelled with pybox's version and image
+protocol (``pybox.image_contract``) and tagged with the version as well as ``tag``.
+pip inside the build trusts the CA bundle pip is configured with here (PIP_CERT,
+REQUESTS_CA_BUNDLE, SSL_CERT_FILE) unless told otherwise: TLS-intercepting proxies
+need it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
+from pybox import __version__
 from pybox.backend import Backend
-from pybox.errors import BackendError, InvalidArgument
-from pybox.image_contract import DEFAULT_IMAGE, images_dir
+from pybox.errors import BackendError, ImagePullError, InvalidArgument, UnsupportedOperation
+from pybox.image_contract import DEFAULT_IMAGE, VERSION_BUILD_ARG, images_dir
 from pybox.plugins import get_plugins
+from pybox.pull import pull
 
 #: Base image used where a registry is reachable.
 REGISTRY_BASE = "python:3.11-slim-bookworm"
@@ -129,8 +133,13 @@ def build_image(
         engine.ping()
         if base is None:
             base = _choose_base(engine, progress)
-        elif not engine.image_exists(base) and not engine.pull_image(base):
-            raise BackendError(f"base image {base!r} is neither on the engine nor pullable")
+        elif not engine.image_exists(base):
+            progress(f"pybox build: pulling {base}")
+            try:
+                pull(engine, base)  # ImagePullError names the registry and what it answered
+            except UnsupportedOperation as exc:
+                raise BackendError(f"base image {base!r} is not on the engine, and the {engine.name} backend "
+                                   f"cannot pull images: pull it with the engine's own tools") from exc
         progress(f"pybox build: building {tag} from {base}"
                  + (f" (pip trusts {bundle})" if bundle else ""))
         started = time.monotonic()
@@ -142,23 +151,44 @@ def build_image(
             (context / "ca-bundle.crt").write_bytes(bundle.read_bytes() if bundle else b"")
             (context / "extra-requirements.txt").write_text(extra.read_text() if extra else "")
             (context / "extra-kernels.txt").write_text(extra_kernels)
-            engine.build_image(context, tag, {"BASE_IMAGE": base}, progress)
-        progress(f"pybox build: {tag} built in {time.monotonic() - started:.0f} s")
+            engine.build_image(context, tag, {"BASE_IMAGE": base, VERSION_BUILD_ARG: __version__}, progress)
+        also = ""
+        versioned = version_tag(tag)
+        if versioned != tag:
+            try:
+                engine.tag_image(tag, versioned)
+                also = f" (also tagged {versioned})"
+            except UnsupportedOperation:
+                also = f" (not tagged {versioned}: the {engine.name} backend cannot tag images)"
+        progress(f"pybox build: {tag} built in {time.monotonic() - started:.0f} s{also}")
         return base
     finally:
         engine.close()
+
+
+def version_tag(tag: str) -> str:
+    """``tag``'s repository with pybox's version as the tag: ``pybox:latest`` -> ``pybox:0.2.0``."""
+    name = tag.split("@", 1)[0]
+    colon = name.rfind(":")
+    repository = name[:colon] if colon > name.rfind("/") else name
+    return f"{repository}:{__version__}"
 
 
 def _choose_base(engine: Backend, progress: Progress) -> str:
     if engine.image_exists(REGISTRY_BASE):
         return REGISTRY_BASE
     progress(f"pybox build: pulling {REGISTRY_BASE}")
-    if engine.pull_image(REGISTRY_BASE):
+    try:
+        pull(engine, REGISTRY_BASE)
         return REGISTRY_BASE
+    except ImagePullError as exc:
+        why = f"{REGISTRY_BASE} cannot be pulled ({exc.reason}: {exc.detail})"
+    except UnsupportedOperation:
+        why = f"the {engine.name} backend cannot pull {REGISTRY_BASE}"
     if engine.image_exists(BOOTSTRAP_BASE):
-        progress(f"pybox build: no registry reachable; using {BOOTSTRAP_BASE} made earlier with debootstrap")
+        progress(f"pybox build: {why}; using {BOOTSTRAP_BASE} made earlier with debootstrap")
         return BOOTSTRAP_BASE
-    progress(f"pybox build: no registry reachable; making {BOOTSTRAP_BASE} with debootstrap (about a minute)")
+    progress(f"pybox build: {why}; making {BOOTSTRAP_BASE} with debootstrap (about a minute)")
     bootstrap_base(engine, BOOTSTRAP_BASE, progress)
     return BOOTSTRAP_BASE
 
@@ -167,11 +197,11 @@ def bootstrap_base(engine: Backend, tag: str, progress: Progress) -> None:
     """Make a Debian bookworm base with Python by debootstrap and import it as ``tag``."""
     if shutil.which("debootstrap") is None:
         raise BackendError(
-            "no container registry is reachable and debootstrap is not installed: install it "
+            f"{REGISTRY_BASE} cannot be pulled and debootstrap is not installed: install it "
             "(apt-get install debootstrap) or pass --base with an image the engine has"
         )
     if os.geteuid() != 0:
-        raise BackendError("no container registry is reachable and debootstrap needs root: run "
+        raise BackendError(f"{REGISTRY_BASE} cannot be pulled and debootstrap needs root: run "
                            "`pybox build` as root once, or pass --base with an image the engine has")
     script = images_dir() / "bootstrap-base.sh"
     with tempfile.TemporaryDirectory(prefix="pybox-base-") as tmp:

@@ -180,6 +180,8 @@ def _extract_into(stream: _ChunkReader, remote: str, root_name: str, staged: Pat
                 parts = relative.parts
                 if not parts:  # the downloaded root itself
                     if member.isdir():
+                        if os.path.lexists(staged) and (staged.is_symlink() or not staged.is_dir()):
+                            raise UnsafeArchive(f"archive member {member.name!r} repeats the download's root")
                         staged.mkdir(mode=0o700, exist_ok=True)
                         directories.append(((), member.mode or 0o755))
                     elif member.isreg():

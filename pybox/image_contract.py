@@ -13,6 +13,17 @@ from pathlib import Path
 #: Image used when ``Sandbox(image=None)``; ``pybox build`` builds it.
 DEFAULT_IMAGE = "pybox:latest"
 
+#: Version of the contract between this client and the image (every name in this
+#: module, and what the image's files do with them). Bump it when a change needs the
+#: image rebuilt, and change the Dockerfile's ``org.pybox.protocol`` label with it: a
+#: sandbox refuses an image whose PROTOCOL_LABEL differs (``IncompatibleImage``).
+IMAGE_PROTOCOL = 1
+#: Image label holding the image protocol (hard-coded in the Dockerfile).
+PROTOCOL_LABEL = "org.pybox.protocol"
+#: Image label holding the pybox version that built the image (build argument VERSION_BUILD_ARG).
+VERSION_LABEL = "org.pybox.version"
+VERSION_BUILD_ARG = "PYBOX_VERSION"
+
 #: Port of the kernel gateway inside the container (the Dockerfile's EXPOSE).
 GATEWAY_PORT = 8888
 #: The image's command: the gateway, which also starts the first kernel.

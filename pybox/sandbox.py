@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import Mapping, Sequence
 
-from pybox.backend import Backend, Bind, ContainerSpec, Limits
+from pybox.backend import Backend, Bind, ContainerSpec, Limits, PullProgressCallback
 from pybox.errors import (
     BackendError,
     BackendUnavailable,
@@ -52,6 +52,7 @@ from pybox.ownership import (
     untrack_live,
 )
 from pybox.plugins import get_plugins, resolve_backend_name
+from pybox.pull import ensure_image
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -84,6 +85,11 @@ class Sandbox:
     from /etc/hosts) and IPv6 is blocked unless listed; the policy is applied as root
     before the kernel starts unprivileged, so code cannot lift it.
     ``options`` takes a ready :class:`~pybox.options.SandboxOptions` instead.
+    An image missing on the engine is pulled at start when its name includes a registry
+    (``127.0.0.1:5000/pybox:latest``; not ``pybox:latest``): ``pull_progress`` gets each
+    :class:`~pybox.PullProgress` event (default: per-layer progress on stderr when it is
+    a terminal, else nothing); failures raise ``ImagePullError``. An image built for
+    another image protocol raises ``IncompatibleImage`` before a container is made.
     Use as a context manager, or ``start()`` / ``close()``.
     """
 
@@ -103,6 +109,7 @@ class Sandbox:
         max_output: int | None = None,
         network: str | Sequence[str] = "open",
         options: SandboxOptions | None = None,
+        pull_progress: PullProgressCallback | None = None,
     ):
         if options is None:
             options = SandboxOptions(
@@ -113,7 +120,11 @@ class Sandbox:
             )
         elif not isinstance(options, SandboxOptions):
             raise InvalidArgument(f"options must be a pybox.options.SandboxOptions, not {type(options).__name__}")
+        if pull_progress is not None and not callable(pull_progress):
+            raise InvalidArgument(f"pull_progress must be a callable taking a pybox.PullProgress, not "
+                                  f"{type(pull_progress).__name__}")
         self.options = options
+        self.pull_progress = pull_progress
         self.backend_name = resolve_backend_name(options.backend)
         self._backend_cls = get_plugins().backend(self.backend_name)  # unknown names fail here
         self.token = secrets.token_urlsafe(32)
@@ -181,13 +192,15 @@ class Sandbox:
                 raise SandboxClosed("this sandbox was closed (stopped); create a new Sandbox")
             if self.id is not None:
                 return self
-            deadline = time.monotonic() + self.options.startup_timeout
             backend = self._backend = self._backend_cls()
             try:
                 plan = prepare_launch(self._spec(), backend, get_plugins().adjust_launch_plan)
+                # Pulled when missing and registry-named; refused when built for another protocol.
+                ensure_image(backend, plan.image, self.pull_progress)
             except BaseException:
                 self._teardown()
                 raise
+            deadline = time.monotonic() + self.options.startup_timeout  # a pull does not count
             reap_in_background(self._backend_cls, self.backend_name)  # containers of dead owners
             install_process_hooks()
             started = time.monotonic()

@@ -1,7 +1,7 @@
 """The values exchanged across the plugin boundary: what a sandbox asks for
 (:class:`ContainerSpec`, :class:`Limits`, :class:`Bind`), how it is to be started
 (:class:`LaunchPlan`, made by ``pybox.launch``), and what an engine reports back
-(:class:`Endpoint`, :class:`ContainerState`). Plain data, no behaviour beyond
+(:class:`Endpoint`, :class:`ContainerState`, :class:`PullProgress`). Plain data, no behaviour beyond
 validation.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Callable
 
 from pybox.errors import BackendError, InvalidArgument
 from pybox.image_contract import GATEWAY_PORT, NETWORK_INIT, SANDBOX_GID, SANDBOX_UID
@@ -100,6 +101,25 @@ class ContainerState:
         if self.error:
             parts.append(self.error)
         return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """One progress event of an image pull, as the engine reports it: ``layer`` is the
+    layer's short id (None for events about the whole image), ``status`` the engine's
+    word for what happens (Docker: "Pulling fs layer", "Downloading", "Extracting",
+    "Pull complete", "Already exists"...; Podman: "Copying blob"...), ``current`` and
+    ``total`` the bytes done and expected when the engine says (None otherwise)."""
+
+    image: str
+    layer: str | None
+    status: str
+    current: int | None = None
+    total: int | None = None
+
+
+#: What receives pull progress events (``Sandbox(pull_progress=...)``, ``Backend.pull_image``).
+PullProgressCallback = Callable[[PullProgress], None]
 
 
 @dataclass(frozen=True)

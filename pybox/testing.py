@@ -24,12 +24,32 @@ from typing import ClassVar
 import pytest
 
 import pybox
-from pybox.backend import LABEL, Backend, ContainerSpec
-from pybox.errors import BackendError, ImageNotFound, PyboxError
+from pybox.backend import LABEL, LIMITS, NETWORK_POLICY, READ_ONLY, Backend, ContainerSpec
+from pybox.errors import BackendError, ImageNotFound, PyboxError, UnsupportedOperation
 from pybox.image_contract import TOKEN_ENV
 from pybox.launch import prepare_launch
-from pybox.ownership import SESSION
+from pybox.ownership import SESSION, owner_labels
 from pybox.plugins import get_plugins
+
+#: Code that tries a TCP connection to the container's default gateway (the engine's
+#: host) on port 9 and prints the errno name: ECONNREFUSED where the network is open
+#: (nothing listens there), EPERM or EAGAIN (timed out) where a policy drops it.
+GATEWAY_PROBE = """
+import errno, socket, struct
+with open('/proc/net/route') as routes:
+    gateway = next(socket.inet_ntoa(struct.pack('<L', int(f[2], 16))) for f in (l.split() for l in routes)
+                   if f[1] == '00000000')
+probe = socket.socket()
+probe.settimeout(3)
+print(errno.errorcode.get(probe.connect_ex((gateway, 9)), 'connected'))
+"""
+
+#: Code printing a cgroup file's value, v1 path or v2 path (format with v1=, v2=).
+READ_CGROUP = """
+import os
+v1, v2 = '/sys/fs/cgroup/{v1}', '/sys/fs/cgroup/{v2}'
+print(open(v1 if os.path.exists(v1) else v2).read().strip())
+"""
 
 
 class BackendContract:
@@ -119,6 +139,68 @@ class BackendContract:
     def test_container_carries_labels_and_is_listed(self, sandbox: pybox.Sandbox, engine: Backend) -> None:
         assert sandbox.id in engine.list_containers({LABEL: "1", f"{LABEL}.session": SESSION})
         assert sandbox.id not in engine.list_containers({f"{LABEL}.session": "no-such-session"})
+        labels = engine.container_labels(sandbox.id)
+        assert labels is not None, "container_labels must read the labels back (pybox cleanup needs them)"
+        assert {k: v for k, v in labels.items() if k.startswith(LABEL)} == owner_labels(), \
+            "every owner label must be on the container, unchanged"
+
+    # -- what the launch plan asks for is enforced ---------------------------------------
+    # A backend that declares a feature (Backend.features) and ignores the plan's fields
+    # for it fails here; one that does not declare it must refuse the option.
+
+    def _refuses_or_starts(self, feature: str, **options: object) -> pybox.Sandbox | None:
+        cls = get_plugins().backend(self.backend)
+        sandbox = pybox.Sandbox(image=self.image, backend=self.backend, startup_timeout=self.startup_timeout,
+                                **options)  # type: ignore[arg-type]
+        if feature not in cls.features:
+            with pytest.raises(UnsupportedOperation):
+                sandbox.start()
+            return None
+        return sandbox.start()
+
+    def test_network_none_blocks_traffic_out(self) -> None:
+        sandbox = self._refuses_or_starts(NETWORK_POLICY, network="none")
+        if sandbox is None:
+            return
+        with sandbox:
+            blocked = sandbox.run(GATEWAY_PROBE).text
+            bounding = sandbox.run("print([l for l in open('/proc/self/status') if l.startswith('CapBnd')][0])")
+            uid = sandbox.run("import os; print(os.getuid())").text
+        with pybox.Sandbox(image=self.image, backend=self.backend, startup_timeout=self.startup_timeout) as open_sb:
+            answered = open_sb.run(GATEWAY_PROBE).text
+        assert blocked in ("EPERM", "EAGAIN") and blocked != answered, \
+            f"network='none' let a connection to the engine's gateway through ({blocked}; open: {answered})"
+        assert bounding.text.split()[-1] == "0000000000000000", "the policy's init must drop every capability"
+        assert uid == "1000", "code must run as the sandbox user after the policy is applied"
+
+    def test_read_only_root_filesystem(self) -> None:
+        sandbox = self._refuses_or_starts(READ_ONLY, read_only=True)
+        if sandbox is None:
+            return
+        with sandbox:
+            result = sandbox.run("open('/etc/pybox-contract', 'w')", check=False)
+            assert result.error is not None and "Read-only file system" in result.error.evalue
+            sandbox.run("open('/app/ok', 'w').write('ok'); open('/tmp/ok', 'w').write('ok')")
+            assert sandbox.run("print(open('/app/ok').read() + open('/tmp/ok').read())").text == "okok"
+
+    def test_limits_are_applied(self) -> None:
+        sandbox = self._refuses_or_starts(LIMITS, limits=pybox.Limits(memory="300m", pids=123, cpus=0.5))
+        if sandbox is None:
+            return
+        with sandbox:
+            assert sandbox.run(READ_CGROUP.format(v1="pids/pids.max", v2="pids.max")).text == "123"
+            memory = sandbox.run(READ_CGROUP.format(v1="memory/memory.limit_in_bytes", v2="memory.max")).text
+            assert int(memory) == 300 << 20
+
+    def test_out_of_memory_is_reported_as_such(self) -> None:
+        sandbox = self._refuses_or_starts(LIMITS, limits=pybox.Limits(memory="200m"))
+        if sandbox is None:
+            return
+        with sandbox:
+            with pytest.raises(pybox.KernelDied) as info:
+                sandbox.run("hog = bytearray(1 << 30)\nhog[::4096] = b'x' * len(hog[::4096])", timeout=60)
+            assert "OOM" in info.value.reason, info.value.reason
+            assert sandbox.run("print('after')", timeout=60).text == "after"
 
     def test_running_container_is_reported_running(self, sandbox: pybox.Sandbox, engine: Backend) -> None:
         assert sandbox.id is not None

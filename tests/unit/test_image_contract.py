@@ -74,3 +74,12 @@ def test_scratch_mounts_are_where_the_image_writes_at_run_time():
     assert "/tmp" in paths
     for path, _size, owned in contract.SCRATCH_MOUNTS:
         assert path == "/tmp" or (path.startswith(contract.SANDBOX_HOME + "/") and owned)
+
+
+def test_the_image_is_labelled_with_its_protocol_and_pybox_version():
+    dockerfile = read("Dockerfile")
+    labels = dockerfile.split(f"ARG {contract.VERSION_BUILD_ARG}=", 1)[1]  # last: the cache above survives a release
+    assert re.search(rf'^LABEL {re.escape(contract.PROTOCOL_LABEL)}="{contract.IMAGE_PROTOCOL}"', labels, re.M)
+    assert f'{contract.VERSION_LABEL}="${{{contract.VERSION_BUILD_ARG}}}"' in labels
+    assert "RUN" not in labels and "COPY" not in labels
+    assert isinstance(contract.IMAGE_PROTOCOL, int) and contract.IMAGE_PROTOCOL >= 1

@@ -237,7 +237,8 @@ def test_cli_build_kernel_flags_reach_the_build_context(building):
                      "-k", "bash_kernel==0.10.0:bash_kernel.install"])
     assert code == 0
     (build,) = building
-    assert build["tag"] == "pybox-k:1" and build["buildargs"] == {"BASE_IMAGE": "base:1"}
+    assert build["tag"] == "pybox-k:1"
+    assert build["buildargs"] == {"BASE_IMAGE": "base:1", "PYBOX_VERSION": pybox.__version__}
     assert build["kernels"] == "octave_kernel==0.36.0\nbash_kernel==0.10.0 bash_kernel.install\n"
     assert "COPY --chown=sandbox:sandbox extra-kernels.txt" in build["dockerfile"]
 

@@ -16,11 +16,22 @@ from urllib.parse import urlparse
 
 import docker
 import docker.errors
+import docker.utils
 import requests
 
-from pybox.backend import ALL_FEATURES, Backend, ContainerState, Endpoint, LaunchPlan, Scratch
+from pybox.backend import (
+    ALL_FEATURES,
+    Backend,
+    ContainerState,
+    Endpoint,
+    LaunchPlan,
+    PullProgress,
+    PullProgressCallback,
+    Scratch,
+)
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
 from pybox.launch import client_host, labels_from_inspect, published_host_port, state_from_inspect
+from pybox.pull import pull_error
 
 UNAVAILABLE_HINT = (
     "Is the Docker engine running? Start it (`systemctl start docker`, or `dockerd &` "
@@ -200,14 +211,33 @@ class DockerBackend(Backend):
             except docker.errors.NotFound:
                 return False
 
-    def pull_image(self, image: str) -> bool:
-        repository, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
-        try:
-            for _ in self.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
-                pass
-        except (docker.errors.APIError, requests.RequestException):
-            return False
-        return self.image_exists(image)
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        with self._errors(f"inspect image {image}"):
+            try:
+                info = self.api.inspect_image(image)
+            except docker.errors.NotFound:  # docker.errors.ImageNotFound included
+                return None
+        return dict((info.get("Config") or {}).get("Labels") or {})
+
+    def pull_image(self, image: str, progress: PullProgressCallback | None = None) -> None:
+        # The engine's own credentials (~/.docker/config.json) are sent by docker-py.
+        with self._errors(f"pull image {image}"):
+            try:
+                for event in self.api.pull(image, stream=True, decode=True):
+                    if event.get("error"):
+                        detail = (event.get("errorDetail") or {}).get("message") or event["error"]
+                        raise pull_error(image, detail) from docker.errors.APIError(detail)
+                    if progress is not None:
+                        progress(_pull_progress(image, event))
+            except docker.errors.APIError as exc:  # the engine refused at once (404, 500 with the reason)
+                raise pull_error(image, str(exc.explanation or exc), exc.status_code) from exc
+            except requests.Timeout as exc:
+                raise BackendError(f"Docker stopped reporting on the pull of {image}: {exc}") from exc
+
+    def tag_image(self, image: str, tag: str) -> None:
+        repository, version = docker.utils.parse_repository_tag(tag)
+        with self._errors(f"tag image {image} as {tag}"):
+            self.api.tag(image, repository, version or "latest", force=True)
 
     def build_image(
         self, context: Path, tag: str, buildargs: dict[str, str], progress: Callable[[str], None]
@@ -239,6 +269,20 @@ class DockerBackend(Backend):
         if self._api is not None:
             self._api.close()
             self._api = None
+
+
+def _pull_progress(image: str, event: dict[str, Any]) -> PullProgress:
+    """A PullProgress from one event of Docker's pull stream: ``{"status": "Downloading",
+    "id": "a1b2c3d4e5f6", "progressDetail": {"current": 1, "total": 2}}``; image-wide
+    events ("Pulling from pybox" with the tag as id, "Digest: ...", "Status: ...") get no layer."""
+    status = str(event.get("status") or "")
+    layer = event.get("id")
+    if not isinstance(layer, str) or not layer or status.startswith("Pulling from"):
+        layer = None
+    detail = event.get("progressDetail") or {}
+    current, total = detail.get("current"), detail.get("total")
+    return PullProgress(image, layer, status, current if isinstance(current, int) else None,
+                        total if isinstance(total, int) and total > 0 else None)
 
 
 def _tmpfs_options(scratch: Scratch) -> str:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import struct
 import tarfile
@@ -27,9 +29,18 @@ import podman
 import podman.errors
 import requests
 
-from pybox.backend import ALL_FEATURES, Backend, ContainerState, Endpoint, LaunchPlan
+from pybox.backend import (
+    ALL_FEATURES,
+    Backend,
+    ContainerState,
+    Endpoint,
+    LaunchPlan,
+    PullProgress,
+    PullProgressCallback,
+)
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
 from pybox.launch import client_host, labels_from_inspect, published_host_port, state_from_inspect
+from pybox.pull import pull_error
 
 log = logging.getLogger(__name__)
 
@@ -305,18 +316,58 @@ class PodmanBackend(Backend):
             response.raise_for_status()
             return True
 
-    def pull_image(self, image: str) -> bool:
-        try:
-            response = self.api.post("/images/pull", params={"reference": _qualified(image), "quiet": True},
-                                     stream=True, timeout=LONG_TIMEOUT)
-            if response.status_code >= 400:
-                return False
-            for line in response.iter_lines():
-                if line and "error" in json.loads(line):
-                    return False
-        except (podman.errors.APIError, requests.RequestException, ValueError):
-            return False
-        return self.image_exists(image)
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        with self._errors(f"inspect image {image}"):
+            response = self.api.get(f"/images/{quote(image, safe='')}/json")
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            info = response.json()
+        return dict(info.get("Labels") or (info.get("Config") or {}).get("Labels") or {})
+
+    def pull_image(self, image: str, progress: PullProgressCallback | None = None) -> None:
+        # The service's credentials (`podman login`) are used. Registries on this host are
+        # reached without TLS verification, over plain HTTP where they speak it, as Docker
+        # does by default (127.0.0.0/8 is an insecure registry there).
+        reference = _qualified(image)
+        params: dict[str, Any] = {"reference": reference, "quiet": False}
+        if _loopback_registry(reference):
+            params["tlsVerify"] = False
+        with self._errors(f"pull image {image}"):
+            response = self.api.post("/images/pull", params=params, stream=True, timeout=LONG_TIMEOUT)
+            try:
+                if response.status_code >= 400:
+                    text = _message(response)
+                    raise pull_error(image, text, response.status_code) from podman.errors.APIError(text)
+                copying: dict[str, None] = {}  # layers being copied, in order
+                for raw in response.iter_lines():
+                    try:
+                        chunk = json.loads(raw) if raw else {}
+                    except ValueError:
+                        continue
+                    if chunk.get("error"):
+                        raise pull_error(image, chunk["error"]) from podman.errors.APIError(chunk["error"])
+                    events = [_pull_progress(image, line) for line in str(chunk.get("stream") or "").splitlines()
+                              if line.strip()]
+                    if chunk.get("id"):  # the final report: every layer is in
+                        events += [PullProgress(image, layer, "Pull complete") for layer in copying]
+                        events.append(PullProgress(image, None, f"Downloaded {str(chunk['id'])[:12]}"))
+                    for event in events:
+                        if event.layer and event.status == "Copying blob":
+                            copying[event.layer] = None
+                        if progress is not None:
+                            progress(event)
+            finally:
+                response.close()
+
+    def tag_image(self, image: str, tag: str) -> None:
+        name = tag.split("@", 1)[0]
+        colon = name.rfind(":")
+        repository, version = (name[:colon], name[colon + 1:]) if colon > name.rfind("/") else (name, "latest")
+        with self._errors(f"tag image {image} as {tag}"):
+            response = self.api.post(f"/images/{quote(image, safe='')}/tag",
+                                     params={"repo": repository, "tag": version})
+            response.raise_for_status()
 
     def build_image(
         self, context: Path, tag: str, buildargs: dict[str, str], progress: Callable[[str], None]
@@ -414,6 +465,38 @@ def _qualified(image: str) -> str:
     if "/" in image and ("." in first or ":" in first or first == "localhost"):
         return image
     return f"{DEFAULT_REGISTRY}/{image}" if "/" in image else f"{DEFAULT_REGISTRY}/library/{image}"
+
+
+_COPYING_BLOB = re.compile(r"Copying blob (?:sha256:)?([0-9a-f]{12})[0-9a-f]*\s*(.*)")
+
+
+def _pull_progress(image: str, line: str) -> PullProgress:
+    """A PullProgress from one line of libpod's pull stream: ``Copying blob sha256:...``
+    (a layer; "skipped: already exists" when the engine has it) or an image-wide step
+    ("Trying to pull ...", "Copying config ...", "Writing manifest ..."). Podman 4 reports
+    no byte counts through its API."""
+    line = line.strip()
+    found = _COPYING_BLOB.match(line)
+    if found is None:
+        return PullProgress(image, None, line)
+    rest = found.group(2).strip()
+    status = "Already exists" if "already exists" in rest else ("Copying blob" if not rest else f"Copying blob {rest}")
+    return PullProgress(image, found.group(1), status)
+
+
+def _loopback_registry(reference: str) -> bool:
+    """Whether the reference's registry is on this host (localhost, 127.0.0.0/8, ::1)."""
+    host = reference.split("/", 1)[0]
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _tar_directory(directory: Path) -> bytes:

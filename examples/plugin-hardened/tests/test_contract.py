@@ -6,7 +6,7 @@ import os
 import pytest
 
 import pybox
-from pybox.testing import BackendContract
+from pybox.testing import GATEWAY_PROBE, BackendContract
 
 BACKEND = os.environ.get("PYBOX_TEST_BACKEND", "docker")
 
@@ -52,24 +52,13 @@ def test_default_limits_apply_when_the_sandbox_sets_none():
         assert pids_max == "256"
 
 
-GATEWAY_CONNECT = """
-import errno, socket, struct
-with open('/proc/net/route') as routes:
-    gateway = next(socket.inet_ntoa(struct.pack('<L', int(f[2], 16))) for f in (l.split() for l in routes)
-                   if f[1] == '00000000')
-s = socket.socket()
-s.settimeout(3)
-print(errno.errorcode.get(s.connect_ex((gateway, 9)), 'connected or timed out'))
-"""
-
-
 def test_a_network_policy_still_applies_and_leaves_no_capabilities():
     with pybox.Sandbox(backend=BACKEND, network="none") as sb:
         capabilities = sb.run("print([l for l in open('/proc/self/status') if l.startswith('CapBnd')][0])").text
         assert capabilities.split()[-1] == "0000000000000000"
         # The engine's bridge gateway (this machine): dropped by the policy (EPERM, or a
         # timeout), where an open sandbox is answered at once (nothing listens on port 9).
-        assert sb.run(GATEWAY_CONNECT).text in ("EPERM", "EAGAIN")
+        assert sb.run(GATEWAY_PROBE).text in ("EPERM", "EAGAIN")
         assert sb.run("open('/etc/x', 'w')", check=False).error is not None  # still read-only
     with pybox.Sandbox(backend=BACKEND) as open_sandbox:
-        assert open_sandbox.run(GATEWAY_CONNECT).text == "ECONNREFUSED"
+        assert open_sandbox.run(GATEWAY_PROBE).text == "ECONNREFUSED"

@@ -1,5 +1,6 @@
-"""A third-party backend written from scratch, as an author would: it drives the
-``docker`` command-line client and imports nothing of pybox's Docker backend.
+"""pybox-docker-cli: a third-party backend written from scratch, as an author would:
+it drives the ``docker`` command-line client and imports nothing of pybox's Docker
+backend.
 
 It is all translation of the LaunchPlan pybox decided: no network-policy, read-only or
 limit logic of its own. The gateway token (like every env value) is passed in the
@@ -146,3 +147,7 @@ class DockerCliPlugin:
     @pybox.hookimpl
     def pybox_register_backends(self, register):
         register(DockerCliBackend)
+
+
+#: The object the ``pybox`` entry point names.
+plugin = DockerCliPlugin()
