@@ -10,13 +10,16 @@ engines whose inspect output has Docker's shape (Docker, Podman).
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, Mapping
 
 from pybox.backend import BINDS, LIMITS, NETWORK_POLICY, READ_ONLY, Backend
-from pybox.errors import BackendError, InvalidArgument, UnsupportedOperation
+from pybox.errors import BackendError, UnsupportedOperation
 from pybox.image_contract import NETWORK_ENV, NETWORK_INIT, SCRATCH_MOUNTS, WORKDIR, network_policy_value
-from pybox.spec import ContainerSpec, ContainerState, LaunchPlan, Limits, PublishedPort, Scratch
+from pybox.spec import ContainerSpec, ContainerState, LaunchPlan, Limits, PublishedPort, Scratch, memory_bytes
+
+#: Cap of each of the container's log files (two of them): code in the sandbox can write
+#: to the container's log directly, and must not fill the host's disk that way.
+LOG_MAX_BYTES = 10 << 20
 
 
 def plan_launch(spec: ContainerSpec) -> LaunchPlan:
@@ -33,6 +36,7 @@ def plan_launch(spec: ContainerSpec) -> LaunchPlan:
         gateway_port=spec.gateway_port,
     )
     apply_limits(plan, spec.limits)
+    plan.log_max_bytes = LOG_MAX_BYTES
     if spec.read_only:
         plan.read_only = True
         plan.scratch = [Scratch(path, size, owned) for path, size, owned in SCRATCH_MOUNTS]
@@ -56,17 +60,9 @@ def apply_limits(plan: LaunchPlan, limits: Limits) -> None:
     plan.pids = limits.pids
 
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-
-
 def parse_bytes(value: str | int) -> int:
     """Bytes from docker's notation: ``512m``, ``2g``, ``1024`` (binary units)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", str(value).lower())
-    if not match:
-        raise InvalidArgument(f"memory limit {value!r} is not a size such as '512m' or '2g'")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
+    return memory_bytes(value)
 
 
 # -- reading an engine's inspect data back (Docker's shape; Podman's compat output too) --

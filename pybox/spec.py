@@ -18,6 +18,22 @@ from pybox.image_contract import GATEWAY_PORT, NETWORK_INIT, SANDBOX_GID, SANDBO
 LABEL = "pybox"
 
 
+#: The smallest memory limit accepted: a kernel does not start in less.
+MIN_MEMORY = 32 << 20
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def memory_bytes(value: str | int) -> int:
+    """Bytes from docker's notation: ``512m``, ``2g``, ``1024`` (binary units)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*", str(value).lower())
+    if not match:
+        raise InvalidArgument(f"memory limit {value!r} is not a size such as '512m' or '2g'")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of a sandbox container. ``memory`` as the engine takes it
@@ -30,11 +46,17 @@ class Limits:
     pids: int | None = 1024
 
     def __post_init__(self) -> None:
-        if self.memory is not None and not (
-            (isinstance(self.memory, int) and not isinstance(self.memory, bool) and self.memory > 0)
-            or (isinstance(self.memory, str) and re.fullmatch(r"\d+(\.\d+)?[bkmgBKMG]?", self.memory.strip()))
-        ):
-            raise InvalidArgument(f"memory limit must be bytes or a size such as '512m' or '2g', got {self.memory!r}")
+        if self.memory is not None:
+            size = r"\d+(\.\d+)?[bkmgtBKMGT]?"
+            if not ((isinstance(self.memory, int) and not isinstance(self.memory, bool))
+                    or (isinstance(self.memory, str) and re.fullmatch(size, self.memory.strip()))):
+                raise InvalidArgument(f"memory limit must be bytes or a size such as '512m' or '2g', got "
+                                      f"{self.memory!r}")
+            # Engines read 0 (and what rounds to it) as "no limit": refuse it rather than run unlimited.
+            if memory_bytes(self.memory) < MIN_MEMORY:
+                raise InvalidArgument(f"memory limit {self.memory!r} is below {MIN_MEMORY >> 20} MiB, too small for "
+                                      f"a kernel (and 0 would mean no limit to the engine); use None for the "
+                                      f"engine's default (no limit)")
         if self.cpus is not None and (isinstance(self.cpus, bool) or not isinstance(self.cpus, (int, float))
                                       or self.cpus <= 0):
             raise InvalidArgument(f"cpus limit must be a positive number, got {self.cpus!r}")
@@ -174,6 +196,11 @@ class LaunchPlan:
     memory_swap_bytes: int | None = None
     cpus: float | None = None
     pids: int | None = None
+    #: The container's log (what its processes write to stdout/stderr: the sandbox can
+    #: write there directly) is capped at ``log_max_files`` files of this many bytes;
+    #: None: the engine's default (unbounded on most).
+    log_max_bytes: int | None = None
+    log_max_files: int = 2
     name: str | None = None
     #: The port the gateway listens on inside the container.
     gateway_port: int = GATEWAY_PORT

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import threading
 import time
 import uuid
+import weakref
 from typing import Callable, Sequence
 
 from pybox.errors import (
@@ -80,7 +82,9 @@ class Kernel:
         self.max_output = check_max_output(max_output)
         self._delete_on_close = delete_on_close
         self._close_gateway = close_gateway
-        self._explain_death = explain_death
+        # Weakly: the channel's reader thread holds this kernel, and a strong reference
+        # to its sandbox here would keep a forgotten sandbox (and its container) alive.
+        self._explain_death = _weakly(explain_death)
         self._session = uuid.uuid4().hex
         self._pending: dict[str, Execution] = {}
         self._lock = threading.Lock()
@@ -350,6 +354,20 @@ class Kernel:
         else:
             text = f"the websocket to kernel {self.id} closed: {error or 'closed by the gateway'}"
             self._fail_pending(lambda: ChannelError(text))
+
+
+def _weakly(callback: Callable[[], str | None] | None) -> Callable[[], str | None] | None:
+    """``callback``, holding its object weakly when it is a bound method (None once the
+    object is gone)."""
+    if callback is None or not inspect.ismethod(callback):
+        return callback
+    ref = weakref.WeakMethod(callback)
+
+    def call() -> str | None:
+        method = ref()
+        return None if method is None else method()
+
+    return call
 
 
 # Runs in the user's kernel: leaves no names behind and no history entry.

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import docker
 import docker.errors
+import docker.types
 import docker.utils
 import requests
 
@@ -87,6 +88,8 @@ class DockerBackend(Backend):
             "cap_add": list(plan.cap_add) or None,
             "cap_drop": list(plan.cap_drop) or None,
             "security_opt": ["no-new-privileges"] if plan.no_new_privileges else None,
+            "log_config": None if plan.log_max_bytes is None else docker.types.LogConfig(
+                type="json-file", config={"max-size": str(plan.log_max_bytes), "max-file": str(plan.log_max_files)}),
         }
 
     def container_options(self, plan: LaunchPlan) -> dict[str, Any]:

@@ -167,6 +167,9 @@ class PodmanBackend(Backend):
             "resource_limits": _resource_limits(plan),
             "no_new_privileges": plan.no_new_privileges,
         }
+        if plan.log_max_bytes is not None:
+            # k8s-file rotates at `size`, keeping one old file: bounded like Docker's two files.
+            body["log_configuration"] = {"driver": "k8s-file", "size": plan.log_max_bytes}
         if plan.command is not None:
             body["command"] = list(plan.command)
         if plan.user is not None:

@@ -71,6 +71,9 @@ class DockerCliBackend(Backend):
             args += ["--pids-limit", str(plan.pids)]
         if plan.user is not None:
             args += ["--user", plan.user]
+        if plan.log_max_bytes is not None:
+            args += ["--log-driver", "json-file", "--log-opt", f"max-size={plan.log_max_bytes}",
+                     "--log-opt", f"max-file={plan.log_max_files}"]
         if plan.name:
             args += ["--name", plan.name]
         return [*args, plan.image, *(plan.command or [])]
