@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
+import shutil
+import subprocess
 import threading
 import time
 import uuid
@@ -47,6 +50,8 @@ __all__ = [
     "load_env_file",
     "startup_code_for",
 ]
+
+log = logging.getLogger(__name__)
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SKILLS_IN_SANDBOX = "/app/skills"
@@ -81,19 +86,21 @@ class Workspace:
 
     def create(self, key: str) -> None:
         """Make the directories of the workspace and of ``key``. The mounted ones are
-        made writable for the sandbox's user (uid 1000): handed over when we are root,
-        opened to all otherwise unless we are that uid."""
+        made writable for the sandbox's user (uid 1000) and nobody else: handed over when
+        we are root, granted to that uid alone by an ACL otherwise (``setfacl``); never
+        opened to all."""
         for directory in (self.images_path(key), self.log_path(key).parent):
             directory.mkdir(parents=True, exist_ok=True)
-        for directory in (self.shared_skills_path, self.path / "skills" / "private", self.private_skills_path(key)):
+        for directory in (self.shared_skills_path, self.private_skills_path(key)):
             directory.mkdir(parents=True, exist_ok=True)
             _make_writable_for_sandbox(directory)
 
-    def binds(self) -> dict[str, str]:
-        """Sandbox binds: shared and private skills under /app/skills."""
+    def binds(self, key: str) -> dict[str, str]:
+        """Sandbox binds for ``key``: the shared skills, and ``key``'s own private skills
+        only (another key's are not in its sandbox)."""
         return {
             str(self.shared_skills_path): f"{SKILLS_IN_SANDBOX}/shared",
-            str(self.path / "skills" / "private"): f"{SKILLS_IN_SANDBOX}/private",
+            str(self.private_skills_path(key)): f"{SKILLS_IN_SANDBOX}/private/{_check_key(key)}",
         }
 
     def __repr__(self) -> str:
@@ -195,13 +202,22 @@ class CodeExecutor:
 
 
 def _make_writable_for_sandbox(directory: Path) -> None:
-    stat = directory.stat()
-    if stat.st_uid == SANDBOX_UID:
+    if directory.stat().st_uid == SANDBOX_UID:
         return
     if os.geteuid() == 0:
         os.chown(directory, SANDBOX_UID, SANDBOX_GID)
+        return
+    setfacl = shutil.which("setfacl")
+    if setfacl is not None:
+        grant = f"u:{SANDBOX_UID}:rwx"
+        done = subprocess.run([setfacl, "-m", f"{grant},d:{grant}", str(directory)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        reason = done.stderr.strip()
     else:
-        directory.chmod(stat.st_mode | 0o777)
+        reason = "setfacl (package acl) is not installed"
+    log.warning("the sandbox user (uid %d) cannot write %s: not root, and no ACL could be set (%s); skills "
+                "written by the sandbox will fail there", SANDBOX_UID, directory, reason)
 
 
 def startup_code_for(key: str) -> str:
@@ -250,20 +266,23 @@ def execution_environment(
     image: str | None = None,
     backend: str | None = None,
     env: Mapping[str, str] | None = None,
-    env_file: str | os.PathLike[str] | None = ".env",
+    env_file: str | os.PathLike[str] | None = None,
     log_file: str | os.PathLike[str] | None = None,
 ) -> Iterator[ExecutionEnvironment]:
     """A sandbox with the workspace's skills mounted, a CodeExecutor for ``key`` and
-    its execution log; everything is cleaned up on exit. Variables of ``env_file``
-    (when it exists) and ``env`` (which wins) are passed to the container."""
+    its execution log; everything is cleaned up on exit. Variables of ``env_file`` (only
+    when given: a ``.env`` in the current directory is not read unless named) and ``env``
+    (which wins) are passed to the container."""
     space = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     _check_key(key)
     space.create(key)
     variables: dict[str, str] = {}
-    if env_file is not None and Path(env_file).is_file():
+    if env_file is not None:
+        if not Path(env_file).is_file():
+            raise InvalidArgument(f"env_file {str(env_file)!r} is not a file")
         variables.update(load_env_file(env_file))
     variables.update(env or {})
     log = ExecutionLog(log_file or space.log_path(key))
-    with Sandbox(image=image, backend=backend, binds=space.binds(), env=variables) as sandbox:
+    with Sandbox(image=image, backend=backend, binds=space.binds(key), env=variables) as sandbox:
         executor = CodeExecutor(sandbox.default_kernel, space, key, log)
         yield ExecutionEnvironment(sandbox, executor, log)

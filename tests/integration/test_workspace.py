@@ -41,3 +41,21 @@ def test_execution_environment(tmp_path):
     assert records[-1]["error"]["ename"] == "ZeroDivisionError"
     assert all(r["duration"] >= 0 and r["key"] == "alice" for r in records)
     assert any(r["outputs"]["images"] for r in records)
+
+
+def test_a_keys_sandbox_sees_only_its_own_private_skills_and_no_dotenv_unless_asked(tmp_path, monkeypatch):
+    from pybox.freeact import Workspace
+
+    space = Workspace(tmp_path / "ws")
+    space.create("bob")
+    (space.private_skills_path("bob") / "bob_secret.py").write_text("TOKEN = 'bob'\n")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("LEAKED=yes\n")  # in the cwd, not named: not passed
+    with execution_environment(space, key="alice", image=IMAGE, backend=BACKEND) as (sandbox, kernel, log):
+        listing = kernel.run("import os\nprint(sorted(os.listdir('/app/skills/private')))").text
+        assert listing == "['alice']"
+        assert kernel.run("import os\nprint(os.environ.get('LEAKED'))").text == "None"
+        kernel.run("open('note.py', 'w').write('x = 1')")  # its own private dir is writable
+    assert (space.private_skills_path("alice") / "note.py").exists()
+    for directory in (space.shared_skills_path, space.private_skills_path("alice")):
+        assert not directory.stat().st_mode & 0o002, f"{directory} is world-writable"

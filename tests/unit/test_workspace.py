@@ -30,7 +30,10 @@ def test_workspace_layout(tmp_path):
     ws.create("bob")
     assert ws.private_skills_path("bob") == tmp_path / "ws" / "skills" / "private" / "bob"
     assert ws.images_path("bob").is_dir() and ws.shared_skills_path.is_dir()
-    assert set(ws.binds().values()) == {"/app/skills/shared", "/app/skills/private"}
+    assert set(ws.binds("bob").values()) == {"/app/skills/shared", "/app/skills/private/bob"}
+    assert str(ws.private_skills_path("bob")) in ws.binds("bob")
+    assert not (tmp_path / "ws" / "skills" / "private").stat().st_mode & 0o002  # never world-writable
+    assert not ws.private_skills_path("bob").stat().st_mode & 0o002
 
 
 @pytest.mark.parametrize("key", ["", "..", "a/b", "x" * 65, "../etc", None])
