@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Any
 
-from pybox.errors import PyboxError
+from pybox.errors import InvalidArgument, PyboxError
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -145,6 +145,8 @@ def _doctor(args: argparse.Namespace) -> int:
             report(has_image, f"image {args.image} on {name}",
                    f"build it: pybox build --backend {name}" + ("" if args.image == DEFAULT_IMAGE
                                                                 else f" --tag {args.image}"))
+            if has_image:
+                _doctor_image_protocol(backend, args.image, name, report)
             if not has_image and not backend.image_exists(REGISTRY_BASE) and shutil.which("debootstrap") is None:
                 notes.append("where no registry is reachable, pybox build makes its base with debootstrap "
                              "(apt-get install debootstrap, as root), or pass --base IMAGE")
@@ -155,20 +157,54 @@ def _doctor(args: argparse.Namespace) -> int:
     return finish()
 
 
+def _doctor_image_protocol(backend: Any, image: str, name: str, report: Any) -> None:
+    """Report whether ``image`` was built for this pybox's image protocol (skipped for
+    backends that cannot read image labels)."""
+    from pybox.errors import IncompatibleImage, UnsupportedOperation
+    from pybox.image_contract import DEFAULT_IMAGE, IMAGE_PROTOCOL
+    from pybox.pull import check_image_labels
+
+    try:
+        labels = backend.image_labels(image)
+    except UnsupportedOperation:
+        return
+    try:
+        check_image_labels(image, labels or {})
+    except IncompatibleImage as exc:
+        report(False, f"image {image} is not built for image protocol {IMAGE_PROTOCOL}: {exc}",
+               f"rebuild it: pybox build --backend {name}" + ("" if image == DEFAULT_IMAGE else f" --tag {image}"))
+        return
+    report(True, f"image {image} speaks image protocol {IMAGE_PROTOCOL}")
+
+
 def _cleanup(args: argparse.Namespace) -> int:
     from pybox.ownership import reap_orphans
     from pybox.plugins import get_plugins
 
+    older_than = None if args.older_than is None else _duration(args.older_than)
     backend = get_plugins().backend(args.backend)()
     try:
-        reaped = reap_orphans(backend, dry_run=args.dry_run)
+        reaped = reap_orphans(backend, dry_run=args.dry_run, older_than=older_than, owner=args.owner)
     finally:
         backend.close()
     verb = "would remove" if args.dry_run else "removed"
-    text = [f"{verb} {container_id[:12]} (its owner process is gone)" for container_id in reaped]
-    text.append(f"{len(reaped)} orphaned sandbox container(s) {verb}; containers of live processes were left alone")
+    text = [f"{verb} {container_id[:12]}" for container_id in reaped]
+    kept = ("containers of live owners were left alone" if older_than is not None or args.owner
+            else "containers of live owners, and of owners that cannot be judged from here (another machine or "
+                 "pid namespace), were left alone: remove those with --older-than or --owner")
+    text.append(f"{len(reaped)} orphaned sandbox container(s) {verb}; {kept}")
     _emit(args, {"dry_run": args.dry_run, "orphans": reaped}, text)
     return 0
+
+
+def _duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h``, ``1d``."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not match:
+        raise InvalidArgument(f"--older-than must be a duration such as 90s, 30m, 2h or 1d, not {text!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -217,9 +253,14 @@ def parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     doctor.set_defaults(func=_doctor)
 
-    cleanup = commands.add_parser("cleanup", help="remove this host's sandbox containers whose owner process died")
+    cleanup = commands.add_parser("cleanup", help="remove sandbox containers whose owner process died")
     cleanup.add_argument("-b", "--backend", default=None, help="backend (default: PYBOX_BACKEND or docker)")
     cleanup.add_argument("-n", "--dry-run", action="store_true", help="list the orphans, remove nothing")
+    cleanup.add_argument("--older-than", default=None, metavar="DURATION",
+                         help="also remove containers whose owner cannot be judged from here (another machine "
+                              "or pid namespace) made longer ago than DURATION (90s, 30m, 2h, 1d)")
+    cleanup.add_argument("--owner", default=None, metavar="HOST[:PID]|SESSION",
+                         help="also remove such containers of this owner (host name, host:pid, or pybox session)")
     cleanup.add_argument("--json", action="store_true", help="machine-readable output")
     cleanup.set_defaults(func=_cleanup)
     return root

@@ -45,8 +45,8 @@ from pybox.options import (
 from pybox.outputs import Result
 from pybox.ownership import (
     SESSION,
+    creation_labels,
     install_process_hooks,
-    owner_labels,
     reap_in_background,
     track_live,
     untrack_live,
@@ -230,7 +230,7 @@ class Sandbox:
             env={**options.env, TOKEN_ENV: self.token, PRESPAWN_ENV: "1"},
             binds=list(options.binds),
             limits=options.limits,
-            labels=owner_labels(),
+            labels=creation_labels(),
             host_port=options.port,
             read_only=options.read_only,
             network=options.network,

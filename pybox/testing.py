@@ -26,7 +26,7 @@ import pytest
 import pybox
 from pybox.backend import LABEL, LIMITS, NETWORK_POLICY, READ_ONLY, Backend, ContainerSpec
 from pybox.errors import BackendError, ImageNotFound, PyboxError, UnsupportedOperation
-from pybox.image_contract import TOKEN_ENV
+from pybox.image_contract import IMAGE_PROTOCOL, PROTOCOL_LABEL, TOKEN_ENV
 from pybox.launch import prepare_launch
 from pybox.ownership import SESSION, owner_labels
 from pybox.plugins import get_plugins
@@ -93,6 +93,15 @@ class BackendContract:
         assert engine.image_exists(self.image), f"build {self.image} first (pybox build --backend {self.backend})"
         assert not engine.image_exists("pybox-contract-no-such-image:0")
 
+    def test_image_labels_carry_the_image_protocol(self, engine: Backend) -> None:
+        try:
+            labels = engine.image_labels(self.image)
+        except UnsupportedOperation:
+            pytest.skip("the backend does not read image labels: sandboxes skip the image protocol check")
+        assert labels is not None, f"image_labels({self.image!r}) must read the labels of an existing image"
+        assert labels.get(PROTOCOL_LABEL) == str(IMAGE_PROTOCOL), f"rebuild {self.image} (pybox build)"
+        assert engine.image_labels("pybox-contract-no-such-image:0") is None, "a missing image: None"
+
     # -- the sandbox through this backend -------------------------------------------
 
     def test_run_keeps_state(self, sandbox: pybox.Sandbox) -> None:
@@ -141,8 +150,9 @@ class BackendContract:
         assert sandbox.id not in engine.list_containers({f"{LABEL}.session": "no-such-session"})
         labels = engine.container_labels(sandbox.id)
         assert labels is not None, "container_labels must read the labels back (pybox cleanup needs them)"
-        assert {k: v for k, v in labels.items() if k.startswith(LABEL)} == owner_labels(), \
-            "every owner label must be on the container, unchanged"
+        ours = {k: v for k, v in labels.items() if k.startswith(LABEL)}
+        assert ours.pop(f"{LABEL}.created", "").isdigit(), "the creation label must be on the container"
+        assert ours == owner_labels(), "every owner label must be on the container, unchanged"
 
     # -- what the launch plan asks for is enforced ---------------------------------------
     # A backend that declares a feature (Backend.features) and ignores the plan's fields

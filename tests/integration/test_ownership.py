@@ -125,3 +125,51 @@ def test_twenty_clients_killed_at_random_points_leave_nothing(sandbox):
     assert theirs() == []
     assert sandbox.run("print('alive')").text == "alive"
     engine.close()
+
+
+def test_a_client_in_another_pid_namespace_keeps_its_sandbox():
+    """A client in `unshare -pf --mount-proc` (pid 1 there) is alive while the host
+    starts and stops sandboxes and runs `pybox cleanup`: its owner cannot be judged from
+    the host, so only an explicit `pybox cleanup --owner` removes its container."""
+    import shutil
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("needs unshare and root")
+    engine = get_plugins().backend(BACKEND)()
+    client = subprocess.Popen(["unshare", "-pf", "--kill-child", "--mount-proc", sys.executable, "-c", CLIENT,
+                               IMAGE, BACKEND], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        container = client.stdout.readline().strip()
+        assert container, "the client in its own pid namespace did not start a sandbox"
+        labels = engine.container_labels(container)
+        assert labels["pybox.pidns"] != ownership_pidns() and labels["pybox.pid"] in ("1", "2")
+        # The host's own traffic: new processes start and stop sandboxes (each reaps once)...
+        for _ in range(2):
+            code = ("import sys, pybox\nwith pybox.Sandbox(image=sys.argv[1], backend=sys.argv[2]) as sb:\n"
+                    "    sb.run('print(1)')\nimport time; time.sleep(1)")
+            done = subprocess.run([sys.executable, "-c", code, IMAGE, BACKEND], capture_output=True, text=True,
+                                  timeout=120)
+            assert done.returncode == 0, done.stderr
+        # ...and the plain cleanup.
+        cleanup = subprocess.run([sys.executable, "-m", "pybox", "cleanup", "--backend", BACKEND],
+                                 capture_output=True, text=True, timeout=120)
+        assert cleanup.returncode == 0, cleanup.stderr
+        assert engine.inspect(container).running, "the namespaced client's live sandbox was removed"
+        # Only the user's explicit filter removes it.
+        explicit = subprocess.run([sys.executable, "-m", "pybox", "cleanup", "--backend", BACKEND, "--owner",
+                                   labels["pybox.session"]], capture_output=True, text=True, timeout=120)
+        assert explicit.returncode == 0, explicit.stderr
+        assert container[:12] in explicit.stdout
+        assert engine.inspect(container).status == "removed"
+    finally:
+        client.kill()
+        client.wait()
+        engine.close()
+
+
+def ownership_pidns():
+    from pybox.ownership import pid_namespace
+
+    return pid_namespace()

@@ -32,15 +32,11 @@ class Orphans(FakeBackend):
 
     def container_labels(self, container_id):
         if container_id.startswith("dead"):
-            return {"pybox": "1", "pybox.host": labels_host(), "pybox.pid": "999999999", "pybox.started": "1"}
+            return {**pybox.ownership.owner_labels(), "pybox.pid": "999999999", "pybox.started": "1"}
         return pybox.ownership.owner_labels()
 
     def remove(self, container_id):
         type(self).removed.append(container_id)
-
-
-def labels_host():
-    return pybox.ownership.owner_labels()["pybox.host"]
 
 
 def test_version(capsys):
