@@ -124,6 +124,10 @@ def describe(event: PullProgress, bar_width: int = 24) -> str:
     return text
 
 
+#: Layer statuses after which nothing more happens to the layer.
+_FINISHED = frozenset({"Pull complete", "Already exists"})
+
+
 class TerminalProgress:
     """Pull progress on a terminal, as ``docker pull`` shows it: a header line with
     the image and its last image-wide status, then one line per layer, redrawn in place
@@ -158,15 +162,25 @@ class TerminalProgress:
             if self._layers or self._header:
                 self._draw()
 
-    def lines(self) -> list[str]:
-        """What the block shows now."""
+    def lines(self, height: int = 1000) -> list[str]:
+        """What the block shows now, in at most ``height`` lines: when the layers do not
+        fit, the finished ones are counted on one line instead of listed."""
         header = f"Pulling {self._image}" + (f": {self._header}" if self._header else "")
-        return [header] + [describe(event) for event in self._layers.values()]
+        events = list(self._layers.values())
+        if len(events) + 1 <= height:
+            return [header] + [describe(event) for event in events]
+        active = [event for event in events if event.status not in _FINISHED]
+        finished = len(events) - len(active)
+        shown = [describe(event) for event in active[: max(0, height - 3)]]
+        more = len(active) - len(shown)
+        return [header, f"{finished} layers done" + (f", {more} more in progress" if more else ""), *shown]
 
     def _draw(self) -> None:
-        width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
+        columns, rows = shutil.get_terminal_size((100, 24))
+        width = max(20, columns - 1)
         out = [f"\x1b[{self._drawn}A"] if self._drawn else []  # back to the block's first line
-        lines = self.lines()
+        lines = self.lines(max(3, rows - 1))  # the cursor cannot go back above the screen's top
+        lines += [""] * (self._drawn - len(lines))  # a shorter block blanks the lines below it
         out += ["\r\x1b[2K" + line[:width] + "\n" for line in lines]  # cut, so no line wraps
         self._drawn = len(lines)
         self._last_draw = time.monotonic()

@@ -369,3 +369,13 @@ def test_build_with_an_unpullable_base_names_the_registry_answer(engine):
         build_image("pybox:latest", backend="fakepull", base="registry.example.com/nope:1", ca_bundle=None,
                     progress=lambda line: None)
     assert info.value.registry == "registry.example.com"
+
+
+def test_terminal_progress_fits_the_screen_by_counting_finished_layers():
+    renderer = TerminalProgress(Terminal(), interval=0)
+    for n in range(30):
+        renderer(PullProgress(IMAGE, f"layer{n:02d}", "Already exists" if n < 25 else "Downloading", 1, 2))
+    assert len(renderer.lines()) == 31
+    short = renderer.lines(height=5)
+    assert short[1] == "25 layers done, 3 more in progress" and len(short) == 4
+    assert short[2].startswith("layer25: Downloading")
