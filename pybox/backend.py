@@ -65,7 +65,8 @@ BINDS = "binds"
 LIMITS = "limits"
 #: A read-only root filesystem with tmpfs scratch and a volume at /app.
 READ_ONLY = "read_only"
-#: ``network="none"`` and allowlists: the image's init run as root with NET_ADMIN.
+#: The default network policy, ``network="none"`` and allowlists: the image's init run
+#: as root with NET_ADMIN.
 NETWORK_POLICY = "network_policy"
 ALL_FEATURES = frozenset({BINDS, LIMITS, READ_ONLY, NETWORK_POLICY})
 
@@ -95,6 +96,13 @@ class Backend(abc.ABC):
     def adjust_plan(self, plan: LaunchPlan) -> None:
         """Change the plan for what this engine needs before it is checked and started
         (e.g. publish on another address). Default: nothing."""
+
+    def engine_host(self) -> str | None:
+        """The engine's host when it is another machine (a name or an address, as this
+        client reaches it); None: this machine. The default network policy keeps code
+        off the engine's host: this machine's own addresses, or the addresses this
+        name resolves to. Default: None (a local engine)."""
+        return None
 
     @abc.abstractmethod
     def start(self, plan: LaunchPlan) -> str:

@@ -17,7 +17,7 @@ DEFAULT_IMAGE = "pybox:latest"
 #: module, and what the image's files do with them). Bump it when a change needs the
 #: image rebuilt, and change the Dockerfile's ``org.pybox.protocol`` label with it: a
 #: sandbox refuses an image whose PROTOCOL_LABEL differs (``IncompatibleImage``).
-IMAGE_PROTOCOL = 1
+IMAGE_PROTOCOL = 2
 #: Image label holding the image protocol (hard-coded in the Dockerfile).
 PROTOCOL_LABEL = "org.pybox.protocol"
 #: Image label holding the pybox version that built the image (build argument VERSION_BUILD_ARG).
@@ -47,8 +47,20 @@ PRESPAWN_ENV = "KG_PRESPAWN_COUNT"
 #: policy named by NETWORK_ENV, then runs its arguments (default: the gateway) as the
 #: sandbox user with no capabilities left.
 NETWORK_INIT = "/usr/local/sbin/pybox-network-init"
-#: The policy, as NETWORK_INIT reads it: ``none`` or ``allow:ENTRY,ENTRY,...``.
+#: The policy, as NETWORK_INIT reads it: ``default[:ADDRESS,...]`` (the public internet,
+#: not the listed addresses of the engine's host), ``none`` or ``allow:ENTRY,ENTRY,...``.
 NETWORK_ENV = "PYBOX_NETWORK"
+#: What the "default" policy never lets code reach (hard-coded in NETWORK_INIT, which
+#: also blocks the container's gateway and the addresses NETWORK_ENV lists, and allows
+#: port 53 of the resolvers in the container's /etc/resolv.conf): "this network",
+#: private, shared (CGNAT), loopback, link-local (cloud metadata), multicast and reserved
+#: IPv4; unspecified, loopback, IPv4-mapped, local-use NAT64, unique-local, link-local,
+#: site-local and multicast IPv6.
+DEFAULT_BLOCKED_NETWORKS: tuple[str, ...] = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.168.0.0/16", "224.0.0.0/4", "240.0.0.0/4",
+    "::/128", "::1/128", "::ffff:0:0/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+)
 
 #: Field the image's gateway adds to the ``status: restarting/dead`` message it sends
 #: when a kernel dies, saying why (e.g. OOMKilled).
@@ -65,8 +77,11 @@ SCRATCH_MOUNTS: tuple[tuple[str, int, bool], ...] = (
 )
 
 
-def network_policy_value(network: str | tuple[str, ...]) -> str:
-    """NETWORK_ENV's value for a policy other than "open"."""
+def network_policy_value(network: str | tuple[str, ...], host_addresses: tuple[str, ...] = ()) -> str:
+    """NETWORK_ENV's value for a policy other than "open"; ``host_addresses`` (the
+    engine's host, for "default") are blocked besides DEFAULT_BLOCKED_NETWORKS."""
+    if network == "default":
+        return "default:" + ",".join(host_addresses) if host_addresses else "default"
     return "none" if network == "none" else "allow:" + ",".join(network)
 
 

@@ -10,11 +10,23 @@ engines whose inspect output has Docker's shape (Docker, Podman).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+import ipaddress
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 from pybox.backend import BINDS, LIMITS, NETWORK_POLICY, READ_ONLY, Backend
 from pybox.errors import BackendError, UnsupportedOperation
-from pybox.image_contract import NETWORK_ENV, NETWORK_INIT, SCRATCH_MOUNTS, WORKDIR, network_policy_value
+from pybox.image_contract import (
+    DEFAULT_BLOCKED_NETWORKS,
+    NETWORK_ENV,
+    NETWORK_INIT,
+    SCRATCH_MOUNTS,
+    WORKDIR,
+    network_policy_value,
+)
 from pybox.spec import ContainerSpec, ContainerState, LaunchPlan, Limits, PublishedPort, Scratch, memory_bytes
 
 #: Cap of each of the container's log files (two of them): code in the sandbox can write
@@ -44,7 +56,8 @@ def plan_launch(spec: ContainerSpec) -> LaunchPlan:
         plan.volumes = [WORKDIR]
     if spec.network != "open":
         # The image's init applies the policy as root with NET_ADMIN, then drops to the
-        # sandbox user with no capabilities at all, so code cannot lift it.
+        # sandbox user with no capabilities at all, so code cannot lift it. "default"
+        # gets the engine's host addresses in prepare_launch (they depend on the backend).
         plan.user = "0"
         plan.cap_add = ["NET_ADMIN"]
         plan.env[NETWORK_ENV] = network_policy_value(spec.network)
@@ -104,6 +117,93 @@ def client_host(host_ip: str) -> str:
     return "127.0.0.1" if host_ip in ("", "0.0.0.0") else ("::1" if host_ip == "::" else host_ip)
 
 
+# -- what the default network policy must know from the client ----------------------------
+
+_BLOCKED = [ipaddress.ip_network(network) for network in DEFAULT_BLOCKED_NETWORKS]
+
+
+def host_addresses(engine_host: str | None) -> tuple[str, ...]:
+    """The addresses of the engine's host that the default policy blocks besides
+    DEFAULT_BLOCKED_NETWORKS (and the container's gateway, which the init finds): this
+    machine's interface addresses when ``engine_host`` is None (a local engine), else
+    what ``engine_host`` is or resolves to. Sorted, without those already blocked."""
+    if engine_host is None:
+        found: Iterable[str] = local_addresses()
+    else:
+        try:
+            found = [str(ipaddress.ip_address(engine_host.strip("[]")))]
+        except ValueError:
+            try:
+                found = {str(info[4][0]) for info in socket.getaddrinfo(engine_host, None)}
+            except OSError:
+                found = []
+    addresses = set()
+    for text in found:
+        try:
+            address = ipaddress.ip_address(text.split("%")[0])
+        except ValueError:
+            continue
+        if not any(address.version == net.version and address in net for net in _BLOCKED):
+            addresses.add(address)
+    return tuple(str(a) for a in sorted(addresses, key=lambda a: (a.version, a)))
+
+
+def local_addresses() -> list[str]:
+    """This machine's interface addresses, from /proc (Linux), else ``ip -o addr``; an
+    empty list where neither is available."""
+    found: list[str] = []
+    try:
+        last = None
+        for line in Path("/proc/net/fib_trie").read_text().splitlines():
+            text = line.strip()
+            if text.startswith(("|--", "+--")):
+                last = text[3:].split()[0]
+            elif text.startswith("/32 host LOCAL") and last:
+                found.append(last)
+    except OSError:
+        pass
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            digits = line.split()[0]
+            found.append(str(ipaddress.ip_address(int(digits, 16))))
+    except (OSError, ValueError, IndexError):
+        pass
+    if found:
+        return found
+    ip = shutil.which("ip")
+    if ip is None:
+        return []
+    try:
+        output = subprocess.run([ip, "-o", "addr"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    for line in output.splitlines():
+        words = line.split()
+        for family in ("inet", "inet6"):
+            if family in words[:-1]:
+                found.append(words[words.index(family) + 1].split("/")[0])
+    return found
+
+
+def pin_allowed_domains(plan: LaunchPlan) -> None:
+    """Resolve the domains of an allowlist here and have the engine write them into the
+    container's /etc/hosts (``plan.extra_hosts``), for a read-only root filesystem where
+    the init cannot. A name that does not resolve here is left to the init, which
+    fails the start naming it if it cannot resolve it either."""
+    policy = plan.env.get(NETWORK_ENV, "")
+    if not policy.startswith("allow:"):
+        return
+    pinned = {name for name, _ in plan.extra_hosts}
+    for entry in policy[len("allow:"):].split(","):
+        if not entry or ":" in entry or not any(c.isalpha() for c in entry) or entry in pinned:
+            continue  # an address or a CIDR, or pinned already
+        try:
+            addresses = sorted({str(info[4][0]) for info in socket.getaddrinfo(entry, None)})
+        except OSError:
+            continue
+        plan.extra_hosts += [(entry, address.split("%")[0]) for address in addresses]
+
+
 # -- from spec to a checked plan ----------------------------------------------------------
 
 #: The sandbox option each backend feature stands for, as users write it.
@@ -111,7 +211,8 @@ _OPTION_OF_FEATURE = {
     BINDS: "binds",
     LIMITS: "limits (memory, cpus, pids)",
     READ_ONLY: "read_only=True",
-    NETWORK_POLICY: "a network policy (network='none' or an allowlist)",
+    NETWORK_POLICY: "a network policy (the default policy, network='none' or an allowlist; "
+                    "network='open' needs none)",
 }
 
 
@@ -154,4 +255,9 @@ def prepare_launch(
         adjust(plan, backend.name)
     backend.adjust_plan(plan)
     refuse_unsupported(plan, backend)
+    if plan.network_policed:
+        if plan.env.get(NETWORK_ENV) == "default":
+            plan.env[NETWORK_ENV] = network_policy_value("default", host_addresses(backend.engine_host()))
+        if plan.read_only:
+            pin_allowed_domains(plan)
     return plan

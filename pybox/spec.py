@@ -90,9 +90,10 @@ class ContainerSpec:
     # Read-only root filesystem; /app stays writable (a volume of the container's own)
     # and scratch directories are tmpfs.
     read_only: bool = False
-    # "open", "none", or a tuple of allowed destinations (IPs, CIDRs, domains); how it
-    # is enforced is decided by pybox.launch.plan_launch.
-    network: str | tuple[str, ...] = "open"
+    # "default" (the public internet only), "open", "none", or a tuple of allowed
+    # destinations (IPs, CIDRs, domains); how it is enforced is decided by
+    # pybox.launch.plan_launch.
+    network: str | tuple[str, ...] = "default"
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,10 @@ class LaunchPlan:
     scratch: list[Scratch] = field(default_factory=list)
     #: Container paths that get an anonymous volume (removed with the container).
     volumes: list[str] = field(default_factory=list)
+    #: ``(name, address)`` entries the engine adds to the container's /etc/hosts
+    #: (Docker's ``--add-host``): an allowlist's domains, resolved by the client when
+    #: the root filesystem is read-only (the init cannot pin them there itself).
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)
     memory_bytes: int | None = None
     #: Memory plus swap; None: the engine's default.
     memory_swap_bytes: int | None = None

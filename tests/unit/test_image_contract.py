@@ -61,8 +61,20 @@ def test_network_init_path_and_variable():
     assert "${" + contract.NETWORK_ENV + ":-}" in read("pybox-network-init")
     assert contract.network_policy_value("none") == "none"
     assert contract.network_policy_value(("1.2.3.4", "a.b")) == "allow:1.2.3.4,a.b"
+    assert contract.network_policy_value("default") == "default"
+    assert contract.network_policy_value("default", ("192.0.2.2", "2001:db8::1")) == "default:192.0.2.2,2001:db8::1"
     init = read("pybox-network-init")
-    assert "none) ;;" in init and "allow:*)" in init
+    assert "none) mode=none ;;" in init and "allow:*)" in init and "default | default:*)" in init
+
+
+def test_network_init_blocks_the_contracts_ranges_and_admits_the_gateway_port():
+    import re
+
+    init = read("pybox-network-init")
+    assert f"gateway_port={contract.GATEWAY_PORT}" in init
+    blocked4 = re.search(r"^blocked4=\(([^)]*)\)", init, re.M).group(1).split()
+    blocked6 = re.search(r"^blocked6=\(([^)]*)\)", init, re.M).group(1).split()
+    assert tuple(blocked4 + blocked6) == contract.DEFAULT_BLOCKED_NETWORKS
 
 
 def test_death_reason_field():

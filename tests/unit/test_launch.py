@@ -22,7 +22,9 @@ from pybox.errors import BackendError, UnsupportedOperation
 from pybox.image_contract import GATEWAY_PORT, NETWORK_ENV, NETWORK_INIT, SCRATCH_MOUNTS, WORKDIR
 from pybox.launch import (
     client_host,
+    host_addresses,
     labels_from_inspect,
+    local_addresses,
     parse_bytes,
     plan_launch,
     prepare_launch,
@@ -33,8 +35,8 @@ from pybox.launch import (
 from pybox.plugins import Plugins
 
 
-def test_the_default_plan_runs_the_image_as_it_is_with_limits_in_bytes():
-    plan = plan_launch(ContainerSpec(image="img:1", env={"A": "1"}, labels={"pybox": "1"}))
+def test_the_open_plan_runs_the_image_as_it_is_with_limits_in_bytes():
+    plan = plan_launch(ContainerSpec(image="img:1", env={"A": "1"}, labels={"pybox": "1"}, network="open"))
     assert plan.image == "img:1" and plan.command is None and plan.user is None
     assert plan.env == {"A": "1"} and plan.labels == {"pybox": "1"}
     assert plan.ports == [PublishedPort(GATEWAY_PORT, "127.0.0.1", None)]
@@ -50,7 +52,13 @@ def test_read_only_gets_the_image_contracts_scratch_mounts_and_a_volume_at_app()
     assert plan.volumes == [WORKDIR]
 
 
-@pytest.mark.parametrize("network, value", [("none", "none"),
+def test_the_default_spec_gets_the_default_network_policy():
+    plan = plan_launch(ContainerSpec(image="i"))
+    assert plan.network_policed and plan.user == "0" and plan.cap_add == ["NET_ADMIN"]
+    assert plan.env[NETWORK_ENV] == "default" and plan.command == [NETWORK_INIT]
+
+
+@pytest.mark.parametrize("network, value", [("none", "none"), ("default", "default"),
                                             (("10.0.0.0/8", "pypi.org"), "allow:10.0.0.0/8,pypi.org")])
 def test_a_network_policy_runs_the_init_as_root_with_net_admin(network, value):
     plan = plan_launch(ContainerSpec(image="i", network=network, command=["extra"]))
@@ -93,7 +101,10 @@ def test_the_refusal_carries_the_backends_hint_or_says_how_to_go_without_limits(
         refuse_unsupported(plan_launch(ContainerSpec(image="i", binds=[Bind("/tmp", "/app/t")])), NoFeatures())
     with pytest.raises(UnsupportedOperation, match=r"Limits\(memory=None, cpus=None, pids=None\)"):
         refuse_unsupported(plan_launch(ContainerSpec(image="i")), NoFeatures())
-    refuse_unsupported(plan_launch(ContainerSpec(image="i", limits=Limits(None, None, None))), NoFeatures())
+    with pytest.raises(UnsupportedOperation, match="network='open' needs none"):
+        refuse_unsupported(plan_launch(ContainerSpec(image="i", limits=Limits(None, None, None))), NoFeatures())
+    refuse_unsupported(plan_launch(ContainerSpec(image="i", limits=Limits(None, None, None), network="open")),
+                       NoFeatures())
 
 
 class Harden:
@@ -171,3 +182,89 @@ def test_first_party_backends_declare_what_they_enforce():
     remote = backends["docker-remote"].cls
     assert BINDS not in remote.features and {LIMITS, READ_ONLY, NETWORK_POLICY} <= remote.features
     assert "upload" in remote.unsupported_hints[BINDS]
+
+
+# -- the default network policy and pinned domains -------------------------------------------
+
+
+def test_host_addresses_leave_out_what_the_default_policy_blocks_anyway(monkeypatch):
+    import pybox.launch
+
+    monkeypatch.setattr(pybox.launch, "local_addresses", lambda: [
+        "127.0.0.1", "10.1.2.3", "172.17.0.1", "192.168.1.5", "169.254.1.1", "100.64.0.1", "192.0.2.2",
+        "203.0.113.7", "::1", "fe80::1%eth0", "fd00::2", "2001:db8::5", "not an address", "203.0.113.7"])
+    assert host_addresses(None) == ("192.0.2.2", "203.0.113.7", "2001:db8::5")
+    assert host_addresses("198.51.100.4") == ("198.51.100.4",)
+    assert host_addresses("[2001:db8::9]") == ("2001:db8::9",)
+    assert host_addresses("10.213.7.2") == ()  # private: blocked by the ranges already
+    assert host_addresses("localhost") == ()
+    assert host_addresses("no-such-host.pybox-test.invalid") == ()
+
+
+def test_local_addresses_are_this_machines():
+    import ipaddress
+
+    found = local_addresses()
+    assert "127.0.0.1" in found
+    assert all(ipaddress.ip_address(a) for a in found)
+
+
+class EngineElsewhere(FakeBackend):
+    name = "elsewhere"
+
+    def engine_host(self):
+        return "198.51.100.4"
+
+
+def test_the_default_policy_names_the_engines_host(monkeypatch):
+    import pybox.launch
+
+    monkeypatch.setattr(pybox.launch, "local_addresses", lambda: ["127.0.0.1", "192.0.2.2", "2001:db8::5"])
+    local = prepare_launch(ContainerSpec(image="i"), FakeBackend())
+    assert local.env[NETWORK_ENV] == "default:192.0.2.2,2001:db8::5"
+    remote = prepare_launch(ContainerSpec(image="i"), EngineElsewhere())
+    assert remote.env[NETWORK_ENV] == "default:198.51.100.4"
+    monkeypatch.setattr(pybox.launch, "local_addresses", lambda: ["127.0.0.1"])
+    assert prepare_launch(ContainerSpec(image="i"), FakeBackend()).env[NETWORK_ENV] == "default"
+    for network in ("open", "none", ("10.0.0.1",)):
+        plan = prepare_launch(ContainerSpec(image="i", network=network), FakeBackend())
+        assert plan.env.get(NETWORK_ENV, "").startswith("default") is False
+
+
+def test_a_read_only_allowlist_has_its_domains_pinned_by_the_engine(monkeypatch):
+    import socket
+
+    import pybox.launch
+
+    def getaddrinfo(name, port):
+        if name == "example.test":
+            return [(socket.AF_INET, 0, 0, "", ("203.0.113.5", 0)),
+                    (socket.AF_INET6, 0, 0, "", ("2001:db8::5", 0, 0, 0)),
+                    (socket.AF_INET, 0, 0, "", ("203.0.113.5", 0))]
+        raise socket.gaierror("no such name")
+
+    monkeypatch.setattr(pybox.launch.socket, "getaddrinfo", getaddrinfo)
+    network = ("10.0.0.0/8", "2001:db8::1", "example.test", "unknown.test")
+    plan = prepare_launch(ContainerSpec(image="i", network=network, read_only=True), FakeBackend())
+    # unknown.test is left to the init, which fails the start naming it.
+    assert plan.extra_hosts == [("example.test", "2001:db8::5"), ("example.test", "203.0.113.5")]
+    assert prepare_launch(ContainerSpec(image="i", network=network), FakeBackend()).extra_hosts == []
+
+    plugins = Plugins(load_entry_points=False)
+    plugins.register(Harden(), name="harden")  # read-only set by a plugin: pinned too
+    hardened = prepare_launch(ContainerSpec(image="i", network=network), FakeBackend(), plugins.adjust_launch_plan)
+    assert hardened.extra_hosts == plan.extra_hosts
+
+
+def test_backends_translate_extra_hosts():
+    from pybox_docker.backend import DockerBackend
+    from pybox_podman.backend import PodmanBackend
+
+    plan = plan_launch(ContainerSpec(image="i", network=("example.test",), read_only=True))
+    plan.extra_hosts = [("example.test", "203.0.113.5"), ("example.test", "2001:db8::5")]
+    assert DockerBackend().host_config_options(plan)["extra_hosts"] == ["example.test:203.0.113.5",
+                                                                          "example.test:2001:db8::5"]
+    assert PodmanBackend().create_options(plan)["hostadd"] == ["example.test:203.0.113.5", "example.test:2001:db8::5"]
+    plan.extra_hosts = []
+    assert DockerBackend().host_config_options(plan)["extra_hosts"] is None
+    assert "hostadd" not in PodmanBackend().create_options(plan)

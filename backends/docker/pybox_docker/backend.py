@@ -86,6 +86,7 @@ class DockerBackend(Backend):
             "read_only": plan.read_only,
             "tmpfs": {s.path: _tmpfs_options(s) for s in plan.scratch} or None,
             "cap_add": list(plan.cap_add) or None,
+            "extra_hosts": [f"{name}:{address}" for name, address in plan.extra_hosts] or None,
             "cap_drop": list(plan.cap_drop) or None,
             "security_opt": ["no-new-privileges"] if plan.no_new_privileges else None,
             "log_config": None if plan.log_max_bytes is None else docker.types.LogConfig(
@@ -149,6 +150,9 @@ class DockerBackend(Backend):
             raise BackendError(f"container {container_id[:12]} no longer exists")
         port = published_host_port(info, plan.gateway_port, container_id)
         return Endpoint(self._engine_host() or client_host(plan.published(plan.gateway_port).host_ip), port)
+
+    def engine_host(self) -> str | None:
+        return self._engine_host()
 
     def _engine_host(self) -> str | None:
         """The engine's host when it is reached over TCP: published ports live there."""

@@ -158,6 +158,9 @@ class RemoteDockerBackend(DockerBackend):
             return publish
         return self.remote_host
 
+    def engine_host(self) -> str | None:
+        return self.remote_host
+
     def adjust_plan(self, plan: LaunchPlan) -> None:
         # The client's idea of a safe address (loopback) means the remote host's own
         # loopback there: publish where this client can reach the port.

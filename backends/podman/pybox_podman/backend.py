@@ -178,6 +178,8 @@ class PodmanBackend(Backend):
             body["cap_add"] = list(plan.cap_add)
         if plan.cap_drop:
             body["cap_drop"] = list(plan.cap_drop)
+        if plan.extra_hosts:
+            body["hostadd"] = [f"{name}:{address}" for name, address in plan.extra_hosts]
         if plan.name:
             body["name"] = plan.name
         if plan.read_only:
@@ -228,6 +230,9 @@ class PodmanBackend(Backend):
             raise BackendError(f"container {container_id[:12]} no longer exists")
         port = published_host_port(info, plan.gateway_port, container_id)
         return Endpoint(self._engine_host() or client_host(plan.published(plan.gateway_port).host_ip), port)
+
+    def engine_host(self) -> str | None:
+        return self._engine_host()
 
     def _engine_host(self) -> str | None:
         """The service's host when it is reached over TCP or ssh: published ports live there."""
@@ -280,8 +285,10 @@ class PodmanBackend(Backend):
 
     def put_archive(self, container_id: str, path: str, data: Iterable[bytes]) -> None:
         with self._errors(f"copy files into {path}"):
+            # copyUIDGID=false keeps the archive's owners (pybox.files: the sandbox user);
+            # Podman's default chowns to the container's user, root under a network policy.
             response = self.api.put(f"/containers/{quote(container_id, safe='')}/archive",
-                                    params={"path": path}, data=iter(data),
+                                    params={"path": path, "copyUIDGID": "false"}, data=iter(data),
                                     headers={"Content-Type": "application/x-tar"}, timeout=LONG_TIMEOUT)
             try:
                 response.raise_for_status()

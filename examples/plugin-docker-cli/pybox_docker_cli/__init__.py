@@ -53,6 +53,7 @@ class DockerCliBackend(Backend):
                                                                                     else "")]
         args += [arg for cap in plan.cap_add for arg in ("--cap-add", cap)]
         args += [arg for cap in plan.cap_drop for arg in ("--cap-drop", cap)]
+        args += [arg for name, address in plan.extra_hosts for arg in ("--add-host", f"{name}:{address}")]
         if plan.no_new_privileges:
             args += ["--security-opt", "no-new-privileges"]
         if plan.read_only:

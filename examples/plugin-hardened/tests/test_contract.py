@@ -60,5 +60,17 @@ def test_a_network_policy_still_applies_and_leaves_no_capabilities():
         # timeout), where an open sandbox is answered at once (nothing listens on port 9).
         assert sb.run(GATEWAY_PROBE).text in ("EPERM", "EAGAIN")
         assert sb.run("open('/etc/x', 'w')", check=False).error is not None  # still read-only
-    with pybox.Sandbox(backend=BACKEND) as open_sandbox:
+    with pybox.Sandbox(backend=BACKEND, network="open") as open_sandbox:
         assert open_sandbox.run(GATEWAY_PROBE).text == "ECONNREFUSED"
+
+
+def test_the_default_network_policy_applies_under_the_plugin():
+    with pybox.Sandbox(backend=BACKEND) as sb:  # network="default", read-only, no capabilities
+        assert sb.run(GATEWAY_PROBE).text in ("EPERM", "EAGAIN")
+        capabilities = sb.run("print([l for l in open('/proc/self/status') if l.startswith('CapBnd')][0])").text
+        assert capabilities.split()[-1] == "0000000000000000"
+
+
+def test_a_read_only_allowlist_with_a_domain_starts():
+    with pybox.Sandbox(backend=BACKEND, network=["localhost"]) as sb:
+        assert sb.run("print('up')").text == "up"
