@@ -66,9 +66,11 @@ def throughput(sb: pybox.Sandbox, megabytes: int = 10) -> None:
     count = megabytes * 1_000_000 // len(line) + 1
     expected = hashlib.sha256((line * count).encode()).hexdigest()
     code = f"import sys\nline = {line!r}\nfor _ in range({count}):\n    sys.stdout.write(line)\n"
-    sb.run(code, timeout=300)  # warm up (first run allocates)
+    # max_output=None: the whole 10 MB is kept, to be checked byte for byte (the default
+    # keeps 1,000,000 characters).
+    sb.run(code, timeout=300, max_output=None)  # warm up (first run allocates)
     started = time.perf_counter()
-    result = sb.run(code, timeout=300)
+    result = sb.run(code, timeout=300, max_output=None)
     elapsed = time.perf_counter() - started
     size = len(result.stdout)
     exact = hashlib.sha256(result.stdout.encode()).hexdigest() == expected

@@ -180,16 +180,25 @@ class ChannelError(KernelError):
 class ExecutionTimeout(PyboxError, TimeoutError):
     """The code ran past its timeout. The kernel was interrupted (``interrupted``)
     and, when it did not settle within the grace period, restarted (``restarted``,
-    state lost). ``result`` holds the output produced before the deadline."""
+    state lost). ``result`` holds the output produced before the deadline. ``started``
+    is False when the code had not started; ``sent`` is False when it was still
+    queued in pybox behind earlier code of the same kernel: it never reached the
+    kernel and never runs."""
 
-    def __init__(self, timeout: float, result: Result, interrupted: bool, restarted: bool, started: bool = True):
+    def __init__(self, timeout: float, result: Result, interrupted: bool, restarted: bool, started: bool = True,
+                 sent: bool = True):
         self.timeout = timeout
         self.result = result
         self.interrupted = interrupted
         self.restarted = restarted
         self.started = started
-        if not started:
-            what = "the code had not started (the kernel was busy with earlier code); it is interrupted when it starts"
+        self.sent = sent
+        if not sent:
+            what = ("the code had not started (queued behind earlier code in this kernel); it was never sent to "
+                    "the kernel and will not run")
+        elif not started:
+            what = ("the code had not started (the kernel was busy with code it had been sent by someone else); "
+                    "it is interrupted when it starts")
         elif restarted:
             what = "kernel restarted (state lost)"
         elif interrupted:
@@ -220,10 +229,11 @@ class ExecutionError(PyboxError):
     @classmethod
     def from_content(cls, content: dict[str, Any], result: Result | None = None) -> ExecutionError:
         """Build from the content of an iopub ``error`` message or an ``execute_reply``."""
-        frames = content.get("traceback") or []
+        frames = content.get("traceback")
+        lines = [str(frame) for frame in frames] if isinstance(frames, list) else []  # the kernel's word: any JSON
         return cls(
             ename=str(content.get("ename", "Error")),
             evalue=str(content.get("evalue", "")),
-            traceback=strip_ansi("\n".join(frames)),
+            traceback=strip_ansi("\n".join(lines)),
             result=result,
         )

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pybox.errors import ExecutionError, InvalidArgument
+from pybox.errors import InvalidArgument
 from pybox.image_contract import SANDBOX_GID, SANDBOX_UID
 from pybox.kernel import DEFAULT_TIMEOUT, Kernel
 from pybox.outputs import Result
@@ -53,6 +53,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_log = logging.getLogger(__name__)
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SKILLS_IN_SANDBOX = "/app/skills"
 
@@ -116,9 +117,15 @@ class ExecutionLog:
         self._lock = threading.Lock()
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False)
-        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        """Write ``record`` as one line. Values JSON cannot hold are written as their
+        ``repr``; text UTF-8 cannot hold (lone surrogates from the kernel) as JSON escapes."""
+        line = json.dumps(record, ensure_ascii=False, default=repr)
+        try:
+            data = line.encode("utf-8")
+        except UnicodeEncodeError:
+            data = json.dumps(record, ensure_ascii=True, default=repr).encode("ascii")
+        with self._lock, open(self.path, "ab") as handle:
+            handle.write(data + b"\n")
 
     def records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -159,45 +166,57 @@ class CodeExecutor:
         return f"{SKILLS_IN_SANDBOX}/private/{self.key}"
 
     def run(self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True) -> ExecutorResult:
-        """Run ``code``; images are saved as PNG (their paths in ``image_paths``)."""
+        """Run ``code``; images are saved as PNG (their paths in ``image_paths``). The
+        execution log gets its record whatever the output held (images pybox refuses
+        to decode are left out of ``images``, and logged)."""
         started = time.time()
         execution_id = uuid.uuid4().hex[:12]
-        error: ExecutionError | None = None
         result: Result | None = None
+        paths: list[Path] = []
         try:
             result = self.kernel.run(code, timeout=timeout, check=False)
-            error = result.error
+            paths = self._save_images(execution_id, result)
         finally:
-            self._record(execution_id, code, started, result)
-        paths = self._save_images(execution_id, result)
-        if check and error is not None:
-            raise error
+            self._record(execution_id, code, started, result, paths)
+        if check and result.error is not None:
+            raise result.error
         return ExecutorResult(result, paths)
 
     def _save_images(self, execution_id: str, result: Result) -> list[Path]:
         paths = []
         for number, image in enumerate(result.images):
             path = self.workspace.images_path(self.key) / f"{execution_id}-{number}.png"
-            image.save(path, format="PNG")
+            try:
+                if image.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
+                    image = image.convert("RGBA")  # e.g. a CMYK JPEG: PNG cannot hold it as is
+                image.save(path, format="PNG")
+            except (OSError, ValueError) as exc:
+                _log.warning("freeact: image %d of execution %s not saved: %s", number, execution_id, exc)
+                continue
             paths.append(path)
         return paths
 
-    def _record(self, execution_id: str, code: str, started: float, result: Result | None) -> None:
+    def _record(self, execution_id: str, code: str, started: float, result: Result | None,
+                paths: list[Path]) -> None:
         if self.log is None:
             return
         record: dict[str, Any] = {"id": execution_id, "key": self.key, "time": started, "code": code}
-        if result is None:
-            record.update(outputs=None, error={"ename": "NoResult", "evalue": "the execution did not finish"},
+        try:
+            if result is None:
+                record.update(outputs=None, error={"ename": "NoResult", "evalue": "the execution did not finish"},
+                              duration=time.time() - started)
+            else:
+                error = result.error
+                record.update(
+                    outputs={"text": result.text, "stdout": result.stdout, "stderr": result.stderr,
+                             "images": [str(path) for path in paths]},
+                    error=None if error is None else {"ename": error.ename, "evalue": error.evalue,
+                                                      "traceback": error.traceback},
+                    duration=result.duration,
+                )
+        except Exception as exc:  # the record is written whatever the output held
+            record.update(outputs=None, error={"ename": "RecordError", "evalue": f"{type(exc).__name__}: {exc}"},
                           duration=time.time() - started)
-        else:
-            record.update(
-                outputs={"text": result.text, "stdout": result.stdout, "stderr": result.stderr,
-                         "images": [str(self.workspace.images_path(self.key) / f"{execution_id}-{n}.png")
-                                    for n in range(len(result.images))]},
-                error=None if result.error is None else {"ename": result.error.ename, "evalue": result.error.evalue,
-                                                         "traceback": result.error.traceback},
-                duration=result.duration,
-            )
         self.log.append(record)
 
 

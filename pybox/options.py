@@ -26,6 +26,23 @@ DEFAULT_TIMEOUT = 120.0
 DEFAULT_INTERRUPT_GRACE = 2.0
 #: Seconds a sandbox may take from start until its gateway answers.
 DEFAULT_STARTUP_TIMEOUT = 60.0
+#: Characters of output a Result keeps by default (its first and last halves, with a
+#: marker between): about 1-4 MB of text, far more than a person or a model reads, and a
+#: bound on what code in the sandbox can make the client hold. ``max_output=None``
+#: keeps everything (unbounded client memory: an explicit choice).
+DEFAULT_MAX_OUTPUT = 1_000_000
+
+
+class KernelDefault:
+    """The ``max_output`` of ``run`` / ``submit`` when none is given: the kernel's own
+    (the sandbox's). ``None`` there means no limit, as everywhere."""
+
+    def __repr__(self) -> str:
+        return "KERNEL_DEFAULT"
+
+
+#: See KernelDefault.
+KERNEL_DEFAULT = KernelDefault()
 
 Network = str | tuple[str, ...]
 #: What users pass as ``binds``: host path -> container path.
@@ -40,7 +57,9 @@ class SandboxOptions:
     container paths (relative to /app, or absolute under /app); they become
     :class:`~pybox.backend.Bind` values. ``env`` is passed to the container. ``port``
     fixes the gateway's host port (default: the engine picks one). ``network`` is
-    ``"open"``, ``"none"`` or a list of allowed IPs, CIDRs and domain names.
+    ``"default"`` (the public internet only), ``"open"``, ``"none"`` or a list of
+    allowed IPs, CIDRs and domain names. ``max_output`` (characters, default
+    ``DEFAULT_MAX_OUTPUT``; None: no limit) bounds what each Result keeps.
     """
 
     image: str = DEFAULT_IMAGE
@@ -54,8 +73,8 @@ class SandboxOptions:
     interrupt_grace: float = DEFAULT_INTERRUPT_GRACE
     startup_code: str | None = None
     read_only: bool = False
-    max_output: int | None = None
-    network: Network = "open"
+    max_output: int | None = DEFAULT_MAX_OUTPUT
+    network: Network = "default"
 
     def __post_init__(self) -> None:
         normalized: dict[str, Any] = {
@@ -206,10 +225,11 @@ _DOMAIN = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])
 
 
 def check_network(network: object) -> Network:
-    if network == "open" or network == "none":
+    if network in ("default", "open", "none"):
         return str(network)
     if isinstance(network, (str, bytes)) or not isinstance(network, Sequence):
-        raise InvalidArgument(f"network must be 'open', 'none' or a list of allowed destinations, got {network!r}")
+        raise InvalidArgument(f"network must be 'default', 'open', 'none' or a list of allowed destinations, "
+                              f"got {network!r}")
     entries = []
     for entry in network:
         if not isinstance(entry, str) or not entry.strip():

@@ -33,9 +33,12 @@ from pybox.kernel.gateway import Gateway
 from pybox.launch import prepare_launch
 from pybox.options import (
     DEFAULT_INTERRUPT_GRACE,
+    DEFAULT_MAX_OUTPUT,
     DEFAULT_STARTUP_TIMEOUT,
     DEFAULT_TIMEOUT,
+    KERNEL_DEFAULT,
     BindsArg,
+    KernelDefault,
     Network,
     SandboxOptions,
     check_kernel_name,
@@ -78,12 +81,17 @@ class Sandbox:
     restart (e.g. ``"%load_ext autoreload\\n%autoreload 2"``). ``limits`` defaults to
     ``Limits()`` (2 GiB, 1024 processes). ``read_only`` makes the root filesystem
     read-only, /app staying writable. ``max_output`` (characters) bounds what each
-    Result keeps: the first and last halves, with a marker between (default: all).
-    ``network`` is ``"open"`` (default), ``"none"`` (no traffic out; the gateway still
-    answers) or a list of allowed destinations: IPv4/IPv6 addresses, CIDRs and domain
-    names (resolved at start). Outside "open", DNS is blocked (allowed domains resolve
-    from /etc/hosts) and IPv6 is blocked unless listed; the policy is applied as root
-    before the kernel starts unprivileged, so code cannot lift it.
+    Result keeps: the first and last halves, with a marker between (default
+    ``DEFAULT_MAX_OUTPUT``, 1,000,000; None keeps all, without bound on client memory).
+    ``network`` is ``"default"`` (the public internet only: no private, shared,
+    link-local or loopback-range addresses, not the engine's host nor the container's
+    gateway, DNS only to the container's resolvers; ``pip install`` works), ``"open"``
+    (no policy: whatever the engine's network reaches), ``"none"`` (no traffic out; the
+    gateway still answers) or a list of allowed destinations: IPv4/IPv6 addresses, CIDRs
+    and domain names (resolved at start). With "none" and allowlists DNS is blocked
+    (allowed domains resolve from /etc/hosts) and IPv6 is blocked unless listed. Every
+    policy but "open" refuses connections into the sandbox except to the gateway, and is
+    applied as root before the kernel starts unprivileged, so code cannot lift it.
     ``options`` takes a ready :class:`~pybox.options.SandboxOptions` instead.
     An image missing on the engine is pulled at start when its name includes a registry
     (``127.0.0.1:5000/pybox:latest``; not ``pybox:latest``): ``pull_progress`` gets each
@@ -106,8 +114,8 @@ class Sandbox:
         interrupt_grace: float = DEFAULT_INTERRUPT_GRACE,
         startup_code: str | None = None,
         read_only: bool = False,
-        max_output: int | None = None,
-        network: str | Sequence[str] = "open",
+        max_output: int | None = DEFAULT_MAX_OUTPUT,
+        network: str | Sequence[str] = "default",
         options: SandboxOptions | None = None,
         pull_progress: PullProgressCallback | None = None,
     ):
@@ -353,7 +361,9 @@ class Sandbox:
     @property
     def default_kernel(self) -> Kernel:
         """The kernel ``run`` and ``submit`` use, created on first use (the first
-        one adopts the kernel the gateway prespawned at start)."""
+        one adopts the kernel the gateway prespawned at start). A kernel whose websocket
+        died reconnects on its next call (state kept); one the gateway no longer has is
+        closed by that call (KernelError), and the next use opens a new one here."""
         with self._lock:
             if self._default is None or self._default.closed:
                 if self.id is None and not self._closed:
@@ -365,12 +375,13 @@ class Sandbox:
             return self._default
 
     def run(
-        self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True, max_output: int | None = None
+        self, code: str, timeout: float | None = DEFAULT_TIMEOUT, check: bool = True,
+        max_output: int | None | KernelDefault = KERNEL_DEFAULT,
     ) -> Result:
         """Run ``code`` in the default kernel and wait for its Result."""
         return self.default_kernel.run(code, timeout=timeout, check=check, max_output=max_output)
 
-    def submit(self, code: str, max_output: int | None = None) -> Execution:
+    def submit(self, code: str, max_output: int | None | KernelDefault = KERNEL_DEFAULT) -> Execution:
         """Send ``code`` to the default kernel; returns its Execution at once."""
         return self.default_kernel.submit(code, max_output=max_output)
 

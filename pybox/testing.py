@@ -60,6 +60,12 @@ class BackendContract:
     #: Seconds a started sandbox may take to answer its first run.
     startup_timeout: ClassVar[float] = 60.0
 
+    @classmethod
+    def _network(cls) -> str:
+        """The network of the general tests' sandboxes: the default policy (what users
+        get), or "open" on a backend that cannot enforce policies (and refuses them)."""
+        return "default" if NETWORK_POLICY in get_plugins().backend(cls.backend).features else "open"
+
     # -- fixtures (static: a class-scoped fixture must not be an instance method) --------
 
     @pytest.fixture(scope="class")
@@ -67,7 +73,8 @@ class BackendContract:
     def sandbox(request: pytest.FixtureRequest) -> Iterator[pybox.Sandbox]:
         """One sandbox shared by a contract class's tests."""
         cls = request.cls
-        with pybox.Sandbox(image=cls.image, backend=cls.backend, startup_timeout=cls.startup_timeout) as sb:
+        with pybox.Sandbox(image=cls.image, backend=cls.backend, startup_timeout=cls.startup_timeout,
+                           network=cls._network()) as sb:
             yield sb
 
     @pytest.fixture
@@ -160,6 +167,7 @@ class BackendContract:
 
     def _refuses_or_starts(self, feature: str, **options: object) -> pybox.Sandbox | None:
         cls = get_plugins().backend(self.backend)
+        options.setdefault("network", self._network())
         sandbox = pybox.Sandbox(image=self.image, backend=self.backend, startup_timeout=self.startup_timeout,
                                 **options)  # type: ignore[arg-type]
         if feature not in cls.features:
@@ -176,12 +184,24 @@ class BackendContract:
             blocked = sandbox.run(GATEWAY_PROBE).text
             bounding = sandbox.run("print([l for l in open('/proc/self/status') if l.startswith('CapBnd')][0])")
             uid = sandbox.run("import os; print(os.getuid())").text
-        with pybox.Sandbox(image=self.image, backend=self.backend, startup_timeout=self.startup_timeout) as open_sb:
+        with pybox.Sandbox(image=self.image, backend=self.backend, startup_timeout=self.startup_timeout,
+                           network="open") as open_sb:
             answered = open_sb.run(GATEWAY_PROBE).text
         assert blocked in ("EPERM", "EAGAIN") and blocked != answered, \
             f"network='none' let a connection to the engine's gateway through ({blocked}; open: {answered})"
         assert bounding.text.split()[-1] == "0000000000000000", "the policy's init must drop every capability"
         assert uid == "1000", "code must run as the sandbox user after the policy is applied"
+
+    def test_default_network_keeps_code_off_the_engines_host(self) -> None:
+        sandbox = self._refuses_or_starts(NETWORK_POLICY, network="default")
+        if sandbox is None:
+            return
+        with sandbox:
+            blocked = sandbox.run(GATEWAY_PROBE).text
+            bounding = sandbox.run("print([l for l in open('/proc/self/status') if l.startswith('CapBnd')][0])")
+        assert blocked in ("EPERM", "EAGAIN"), \
+            f"the default network policy let a connection to the engine's gateway through ({blocked})"
+        assert bounding.text.split()[-1] == "0000000000000000", "the policy's init must drop every capability"
 
     def test_read_only_root_filesystem(self) -> None:
         sandbox = self._refuses_or_starts(READ_ONLY, read_only=True)
@@ -236,7 +256,7 @@ class BackendContract:
         assert container not in engine.list_containers({f"{LABEL}.contract": "1"})
 
     def test_sandbox_stop_removes_the_container(self, engine: Backend) -> None:
-        sandbox = pybox.Sandbox(image=self.image, backend=self.backend).start()
+        sandbox = pybox.Sandbox(image=self.image, backend=self.backend, network=self._network()).start()
         container = sandbox.id
         assert container is not None
         sandbox.close()
@@ -247,7 +267,7 @@ class BackendContract:
         results: dict[int, str] = {}
 
         def work(n: int) -> None:
-            with pybox.Sandbox(image=self.image, backend=self.backend) as sb:
+            with pybox.Sandbox(image=self.image, backend=self.backend, network=self._network()) as sb:
                 results[n] = sb.run(f"print({n} * 2)").text
 
         threads = [threading.Thread(target=work, args=(n,)) for n in (1, 2)]
@@ -261,7 +281,7 @@ class BackendContract:
 
     def test_missing_image_raises_image_not_found(self) -> None:
         with pytest.raises(ImageNotFound) as info:
-            pybox.Sandbox(image="pybox-contract-no-such-image:0", backend=self.backend).start()
+            pybox.Sandbox(image="pybox-contract-no-such-image:0", backend=self.backend, network=self._network()).start()
         assert "pybox-contract-no-such-image:0" in str(info.value)
         assert info.value.__cause__ is not None, "chain the SDK's error: raise ... from exc"
 

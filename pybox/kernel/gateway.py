@@ -2,22 +2,42 @@
 
 Execution never goes through here (that is the websocket in ``channel.py``); these
 are the rare control calls, so a plain ``requests.Session`` is enough.
+
+The gateway is the sandbox's: its answers are read as hostile. A body is read up to
+``MAX_BODY_BYTES`` within the request's timeout, and anything that is not JSON of the
+shape expected (a list of kernels, an object with a kernel id...) raises ChannelError,
+chained to the parse error when there is one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from typing import Any, Callable
 
 import requests
 
-from pybox.errors import ChannelError, InvalidArgument, KernelError
+from pybox.errors import ChannelError, InvalidArgument, KernelError, PyboxError
 
 log = logging.getLogger(__name__)
 
 #: How long ``adopt_prespawned`` waits for the prespawned kernel to be listed.
 PRESPAWN_WAIT = 5.0
+#: The largest REST body read from the gateway (its answers are a few KB).
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+# Jupyter kernel ids are UUIDs; a kernel id becomes a URL path segment.
+_KERNEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_kernel_id(value: object, error: type[PyboxError] = ChannelError) -> str:
+    """``value`` if it can be a kernel id (letters, digits, ``-``, ``_``, ``.``; at most
+    128), else ``error`` (ChannelError: the gateway said it; InvalidArgument: a caller)."""
+    if not isinstance(value, str) or not _KERNEL_ID.fullmatch(value):
+        raise error(f"{value!r} is not a kernel id (a UUID such as '0f1e...', letters, digits, '-', '_', '.')")
+    return value
 
 
 class Gateway:
@@ -39,27 +59,57 @@ class Gateway:
 
     def _request(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
         url = self.base_url + path
+        limit = timeout or self.request_timeout
+        deadline = time.monotonic() + limit
         try:
-            response = self._http.request(method, url, timeout=timeout or self.request_timeout, **kwargs)
+            response = self._http.request(method, url, timeout=limit, stream=True, **kwargs)
+            try:
+                body = self._read_body(response, method, path, deadline)
+            finally:
+                response.close()
         except requests.RequestException as exc:
             raise ChannelError(f"kernel gateway at {self.base_url} did not answer {method} {path}: {exc}") from exc
-        if response.status_code == 401 or (response.status_code == 403 and "token" in response.text.lower()):
-            raise ChannelError(f"kernel gateway at {self.base_url} refused the token ({response.status_code})")
-        if response.status_code == 404 and path.startswith("/api/kernels/"):
+        status = response.status_code
+        text = body[-2000:].decode("utf-8", errors="replace")
+        if status == 401 or (status == 403 and "token" in text.lower()):
+            raise ChannelError(f"kernel gateway at {self.base_url} refused the token ({status})")
+        if status == 404 and path.startswith("/api/kernels/"):
             raise KernelError(f"kernel {path.split('/')[3]} does not exist on the gateway at {self.base_url}")
-        if response.status_code >= 400:
-            raise ChannelError(
-                f"kernel gateway at {self.base_url}: {method} {path} failed with "
-                f"{response.status_code}: {response.text[-2000:]}"
-            )
-        if response.status_code == 204 or not response.content:
+        if status >= 400:
+            raise ChannelError(f"kernel gateway at {self.base_url}: {method} {path} failed with {status}: {text}")
+        if status == 204 or not body:
             return None
-        return response.json()
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise ChannelError(f"kernel gateway at {self.base_url} answered {method} {path} with a body that is "
+                               f"not JSON: {body[:200]!r}") from exc
+
+    def _read_body(self, response: requests.Response, method: str, path: str, deadline: float) -> bytes:
+        """The body, up to MAX_BODY_BYTES and within the deadline (ChannelError past either)."""
+        chunks = []
+        size = 0
+        for chunk in response.iter_content(64 * 1024):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise ChannelError(f"kernel gateway at {self.base_url} answered {method} {path} with more than "
+                                   f"{MAX_BODY_BYTES:,} bytes (pybox.kernel.gateway.MAX_BODY_BYTES)")
+            if time.monotonic() > deadline:
+                raise ChannelError(f"kernel gateway at {self.base_url} did not finish answering {method} {path} "
+                                   f"in time")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _unexpected(self, method: str, path: str, body: object, expected: str) -> ChannelError:
+        shown = repr(body)
+        return ChannelError(f"kernel gateway at {self.base_url} answered {method} {path} with JSON of the wrong "
+                            f"shape (expected {expected}): {shown[:200]}")
 
     def ready(self, timeout: float = 1.0) -> bool:
         """True once the gateway answers its API with this token."""
         try:
-            response = self._http.get(self.base_url + "/api", timeout=timeout)
+            response = self._http.get(self.base_url + "/api", timeout=timeout, stream=True)
+            response.close()  # the status is the answer: no body is read
         except requests.RequestException:
             return False
         if response.status_code in (401, 403):
@@ -103,20 +153,35 @@ class Gateway:
                 log.debug("gateway %s: listing kernels failed, retrying: %s", self.base_url, exc)
                 kernels = []
             if kernels:
-                return str(kernels[0]["id"])
+                return str(kernels[0]["id"])  # checked by list_kernels
             if time.monotonic() >= deadline:
                 log.info("gateway %s: no prespawned kernel within %s s; creating one", self.base_url, wait)
                 return None
             time.sleep(0.01)
 
     def list_kernels(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/api/kernels") or []
+        """The gateway's kernels, each an object with a valid ``id`` (ChannelError otherwise)."""
+        kernels = self._request("GET", "/api/kernels") or []
+        if not isinstance(kernels, list) or not all(isinstance(k, dict) for k in kernels):
+            raise self._unexpected("GET", "/api/kernels", kernels, "a list of kernel objects")
+        for kernel in kernels:
+            check_kernel_id(kernel.get("id"))
+        return kernels
 
     def kernelspecs(self) -> dict[str, dict[str, Any]]:
         """The kernels the gateway can start (GET /api/kernelspecs): kernelspec name ->
         its spec (``argv``, ``display_name``, ``language``...)."""
-        listed = (self._request("GET", "/api/kernelspecs") or {}).get("kernelspecs") or {}
-        return {str(name): dict((entry or {}).get("spec") or {}) for name, entry in listed.items()}
+        body = self._request("GET", "/api/kernelspecs") or {}
+        listed = body.get("kernelspecs") if isinstance(body, dict) else None
+        if not isinstance(listed, dict) or not all(isinstance(entry, dict) and isinstance(entry.get("spec"), dict)
+                                                   for entry in listed.values()):
+            raise self._unexpected("GET", "/api/kernelspecs", body, '{"kernelspecs": {name: {"spec": {...}}}}')
+        specs = {str(name): dict(entry["spec"]) for name, entry in listed.items()}
+        for name, spec in specs.items():
+            language = spec.get("language")
+            if language is not None and not isinstance(language, str):
+                raise self._unexpected("GET", "/api/kernelspecs", {name: spec}, "a language that is a string")
+        return specs
 
     def kernelspec(self, name: str, where: str = "") -> dict[str, Any]:
         """The spec of kernelspec ``name`` (matched case-insensitively, as jupyter_client
@@ -137,7 +202,20 @@ class Gateway:
             body["name"] = name
         if env:
             body["env"] = env
-        return str(self._request("POST", "/api/kernels", json=body)["id"])
+        created = self._request("POST", "/api/kernels", json=body)
+        if not isinstance(created, dict):
+            raise self._unexpected("POST", "/api/kernels", created, 'an object with the new kernel\'s "id"')
+        return check_kernel_id(created.get("id"))
+
+    def kernel_exists(self, kernel_id: str) -> bool:
+        """Whether the gateway still has the kernel (GET /api/kernels/<id>)."""
+        try:
+            self._request("GET", f"/api/kernels/{kernel_id}")
+        except ChannelError:
+            raise
+        except KernelError:  # 404
+            return False
+        return True
 
     def interrupt_kernel(self, kernel_id: str) -> None:
         self._request("POST", f"/api/kernels/{kernel_id}/interrupt")

@@ -89,7 +89,7 @@ def test_ten_megabytes_of_stdout_arrive_byte_exact(sandbox):
     )
     expected = "".join(f"{i:08d}" + "abcdefghij" * 5 + "xyz\n" for i in range(170_000))
     assert len(expected) > 10_000_000
-    r = sandbox.run(code, timeout=120)
+    r = sandbox.run(code, timeout=120, max_output=None)  # all of it (the default keeps 1,000,000 characters)
     assert len(r.stdout) == len(expected)
     assert hashlib.sha256(r.stdout.encode()).hexdigest() == hashlib.sha256(expected.encode()).hexdigest()
 

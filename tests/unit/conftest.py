@@ -34,13 +34,18 @@ def make_rig():
         channels: list[ScriptedChannel] = []
 
         def factory(*args: Any, **kwargs: Any) -> ScriptedChannel:
-            channels.append(ScriptedChannel(*args, **kwargs))
-            return channels[-1]
+            if gateway.connect_error is not None:
+                raise gateway.connect_error
+            channel = ScriptedChannel(*args, **kwargs)
+            if channels:
+                channel._scripts = channels[0]._scripts  # one script queue across reconnections
+            channels.append(channel)
+            return channel
 
         kernel = Kernel(gateway, kernel_id or uuid.uuid4().hex, interrupt_grace=interrupt_grace,
                         explain_death=explain_death, delete_on_close=delete_on_close,
                         close_gateway=close_gateway, channel_factory=factory)
-        rig = Rig(kernel, channels[0], gateway)
+        rig = Rig(kernel, channels[0], gateway, channels)
         rigs.append(rig)
         return rig
 

@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pybox import hookimpl
@@ -198,6 +198,7 @@ class ScriptedChannel:
         self.unrouted: list[dict[str, Any]] = []
         self.close_calls = 0
         self.closed = False
+        self.send_error: BaseException | None = None  # raised by send(), as a dead socket would
         self._stopped = threading.Event()
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._players: list[threading.Thread] = []
@@ -219,7 +220,11 @@ class ScriptedChannel:
     def send(self, message: dict[str, Any]) -> None:
         if self.closed:
             raise ChannelError(f"kernel channel {self.url} is closed")
+        if self.send_error is not None:
+            raise self.send_error
         self.sent.append(message)
+        if message["header"]["msg_type"] == "kernel_info_request":  # a nudge: iopub answers
+            self.play([status("idle")], parent=message["header"]["msg_id"])
         if message["header"]["msg_type"] == "execute_request":
             if not self._scripts:
                 raise AssertionError("execute_request sent but no script queued (add_script)")
@@ -329,6 +334,8 @@ class FakeGateway:
         self.on_interrupt: Callable[[str], None] | None = None
         self.on_restart: Callable[[str], None] | None = None
         self.delete_error: BaseException | None = None
+        self.connect_error: BaseException | None = None  # raised when the kernel opens a websocket
+        self.gone = False  # kernel_exists() says no
         self.closed = False
         self.specs: dict[str, dict[str, Any]] = {
             "python3": {"argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -349,6 +356,10 @@ class FakeGateway:
     def create_kernel(self, name: str | None = None, env: dict[str, str] | None = None) -> str:
         self.calls.append(("create", name or ""))
         return uuid.uuid4().hex
+
+    def kernel_exists(self, kernel_id: str) -> bool:
+        self.calls.append(("exists", kernel_id))
+        return not self.gone
 
     def interrupt_kernel(self, kernel_id: str) -> None:
         self.calls.append(("interrupt", kernel_id))
@@ -378,11 +389,18 @@ class FakeGateway:
 
 @dataclass
 class Rig:
-    """A real Kernel with a scripted channel and a fake gateway."""
+    """A real Kernel with a scripted channel and a fake gateway. ``channels`` are all
+    the channels the kernel opened (it opens a new one after one closed); they share
+    one script queue, so ``add_script`` works across a reconnection."""
 
     kernel: Kernel
     channel: ScriptedChannel
     gateway: FakeGateway
+    channels: list[ScriptedChannel] = field(default_factory=list)
+
+    @property
+    def latest(self) -> ScriptedChannel:
+        return self.channels[-1] if self.channels else self.channel
 
     def add_script(self, *steps: Any) -> None:
         self.channel.add_script(*steps)

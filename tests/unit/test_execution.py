@@ -129,25 +129,40 @@ def test_two_kernels_interleaved_each_get_their_own_outputs(make_rig):
     assert results["b"].execution_count == 7
 
 
-def test_two_executions_in_one_kernel_interleaved_in_time(rig):
-    a1_sent, b1_sent, a_done = threading.Event(), threading.Event(), threading.Event()
-    rig.add_script(busy(), stdout("a1 "), Set(a1_sent), WaitFor(b1_sent), stderr("a-err"),
-                   stdout("a2 "), reply("ok", 1), idle(), Set(a_done))
-    rig.add_script(WaitFor(a1_sent), busy(), stdout("b1 "), Set(b1_sent), WaitFor(a_done),
-                   stdout("b2 "), reply("ok", 2), idle())
+def test_two_executions_in_one_kernel_are_sent_one_after_the_other(rig):
+    a_running, release_a = threading.Event(), threading.Event()
+    rig.add_script(busy(), stdout("a1 "), Set(a_running), WaitFor(release_a), stderr("a-err"),
+                   stdout("a2 "), reply("ok", 1), idle())
+    rig.add_script(busy(), stdout("b1 "), stdout("b2 "), reply("ok", 2), idle())
 
     first = rig.kernel.submit("a")
     second = rig.kernel.submit("b")
     assert first.msg_id != second.msg_id
+    assert a_running.wait(5)
+    assert [r["content"]["code"] for r in rig.channel.requests] == ["a"]  # b waits in pybox
+    assert "queued" in repr(second)
+    release_a.set()
 
     result_b = second.result(timeout=5)
     result_a = first.result(timeout=5)
+    assert [r["content"]["code"] for r in rig.channel.requests] == ["a", "b"]
     assert result_a.stdout == "a1 a2 "
     assert result_a.stderr == "a-err"
     assert result_a.execution_count == 1
     assert result_b.stdout == "b1 b2 "
     assert result_b.stderr == ""
     assert result_b.execution_count == 2
+
+
+def test_a_reply_after_idle_reaches_its_execution_while_the_next_one_runs(rig):
+    b_started = threading.Event()
+    rig.add_script(busy(), stdout("a"), idle(), WaitFor(b_started), reply("ok", 1))  # reply last
+    rig.add_script(busy(), Set(b_started), stdout("b"), reply("ok", 2), idle())
+    first = rig.kernel.submit("a")
+    second = rig.kernel.submit("b")
+    assert first.result(timeout=5).execution_count == 1
+    assert second.result(timeout=5).stdout == "b"
+    assert rig.channel.routes == []
 
 
 def test_messages_for_other_or_no_parent_are_ignored(rig):

@@ -257,6 +257,7 @@ def test_container_state_describe(state, expected):
 
 
 @pytest.mark.parametrize("network,expected", [
+    ("default", "default"),
     ("open", "open"),
     ("none", "none"),
     (["10.0.0.1", "10.1.0.0/16", "2001:db8::1", "Example.COM"], ("10.0.0.1", "10.1.0.0/16", "2001:db8::1",
@@ -269,9 +270,19 @@ def test_network_policies(network, expected):
     assert check_network(network) == expected
 
 
-@pytest.mark.parametrize("network", ["closed", "", ["10.0.0.300"], ["bad domain"], [None], 5, ["-x.com"], ["1.2"]])
+@pytest.mark.parametrize("network", ["closed", "", "Default", ["10.0.0.300"], ["bad domain"], [None], 5, ["-x.com"],
+                                     ["1.2"]])
 def test_bad_network_policies(network):
     from pybox.sandbox import check_network
 
     with pytest.raises(InvalidArgument, match="network"):
         check_network(network)
+
+
+def test_the_default_network_policy_is_the_default(fake_plugins):
+    from pybox.options import SandboxOptions
+
+    assert SandboxOptions().network == "default"
+    assert pybox.Sandbox(backend="fake").network == "default"
+    with pytest.raises(InvalidArgument, match="'default', 'open', 'none'"):
+        SandboxOptions(network="closed")
