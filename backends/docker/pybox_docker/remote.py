@@ -158,10 +158,22 @@ class RemoteDockerBackend(DockerBackend):
             return publish
         return self.remote_host
 
+    def _check_usable(self) -> None:
+        """Refuse, before anything reaches the engine, settings a sandbox cannot work with."""
+        if not self.docker_host:
+            raise BackendUnavailable("DOCKER_HOST is not set", SETUP_HINT)
+        if self.scheme not in ("tcp", "ssh", "https", "http"):
+            raise BackendUnavailable(f"DOCKER_HOST={self.docker_host} is not a remote engine address "
+                                     f"(tcp:// or ssh://)", SETUP_HINT)
+        if self.scheme == "ssh" and not os.environ.get(GATEWAY_HOST_ENV, "").strip():
+            raise UnsupportedOperation(SSH_REFUSED.format(docker_host=self.docker_host))
+
     def engine_host(self) -> str | None:
+        self._check_usable()
         return self.remote_host
 
     def adjust_plan(self, plan: LaunchPlan) -> None:
+        self._check_usable()
         # The client's idea of a safe address (loopback) means the remote host's own
         # loopback there: publish where this client can reach the port.
         plan.ports = [dataclasses.replace(p, host_ip=self._publish_ip()) for p in plan.ports]
