@@ -66,16 +66,11 @@ def plan_launch(spec: ContainerSpec) -> LaunchPlan:
 
 
 def apply_limits(plan: LaunchPlan, limits: Limits) -> None:
-    plan.memory_bytes = None if limits.memory is None else parse_bytes(limits.memory)
+    plan.memory_bytes = None if limits.memory is None else memory_bytes(limits.memory)
     # Docker's default, made explicit so that every engine gives the same: as much swap again.
     plan.memory_swap_bytes = None if plan.memory_bytes is None else 2 * plan.memory_bytes
     plan.cpus = float(limits.cpus) if limits.cpus else None
     plan.pids = limits.pids
-
-
-def parse_bytes(value: str | int) -> int:
-    """Bytes from docker's notation: ``512m``, ``2g``, ``1024`` (binary units)."""
-    return memory_bytes(value)
 
 
 # -- reading an engine's inspect data back (Docker's shape; Podman's compat output too) --

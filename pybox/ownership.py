@@ -146,11 +146,6 @@ def judge_owner(labels: dict[str, str]) -> str:
     return ALIVE if recorded == started else GONE  # a different start time: the pid was reused
 
 
-def owner_alive(labels: dict[str, str]) -> bool:
-    """Whether a container's owner may still run (alive, or not judgeable from here)."""
-    return judge_owner(labels) != GONE
-
-
 def reap_orphans(backend: Backend, dry_run: bool = False, older_than: float | None = None,
                  owner: str | None = None) -> list[str]:
     """Remove pybox containers whose owner is provably gone; return their ids (with

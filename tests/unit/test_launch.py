@@ -25,7 +25,6 @@ from pybox.launch import (
     host_addresses,
     labels_from_inspect,
     local_addresses,
-    parse_bytes,
     plan_launch,
     prepare_launch,
     published_host_port,
@@ -33,6 +32,7 @@ from pybox.launch import (
     state_from_inspect,
 )
 from pybox.plugins import Plugins
+from pybox.spec import memory_bytes
 
 
 def test_the_open_plan_runs_the_image_as_it_is_with_limits_in_bytes():
@@ -74,8 +74,8 @@ def test_limits_none_leave_the_engine_default():
 
 @pytest.mark.parametrize("text, expected", [("512m", 512 << 20), ("2g", 2 << 30), ("1024", 1024), (77, 77),
                                             ("1.5k", 1536)])
-def test_parse_bytes(text, expected):
-    assert parse_bytes(text) == expected
+def test_memory_bytes(text, expected):
+    assert memory_bytes(text) == expected
 
 
 class NoFeatures(FakeBackend):
