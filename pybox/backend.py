@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, ClassVar, Iterable, Iterator, Mapping
 
 from pybox.errors import UnsupportedOperation
-from pybox.image_contract import GATEWAY_PORT, NETWORK_INIT, WORKDIR
+from pybox.image_contract import GATEWAY_PORT, INIT, NETWORK_INIT, WORKDIR
 from pybox.spec import (
     LABEL,
     Bind,
@@ -39,6 +39,7 @@ __all__ = [
     "BINDS",
     "GATEWAY_PORT",
     "LABEL",
+    "INIT",
     "LIMITS",
     "NETWORK_INIT",
     "NETWORK_POLICY",

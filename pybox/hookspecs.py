@@ -47,7 +47,7 @@ def pybox_adjust_launch_plan(plan: LaunchPlan, backend: str) -> None:
     implementing this hook is called, for every sandbox on every backend (filter on
     ``backend`` to narrow it). The plan is then checked against what the backend can
     enforce: a plan that needs a feature it lacks is refused, never started without.
-    Keep what core decided unless you mean to change it: e.g. a policy needs
-    ``cap_add=["NET_ADMIN"]`` for the image's init, which drops every capability
-    before the gateway starts.
+    Keep what core decided unless you mean to change it: e.g. the image's init needs
+    the capabilities in ``cap_add`` (``image_contract.INIT_CAPS``, and NET_ADMIN for a
+    network policy) and refuses to start without them; it keeps none for the kernels.
     """

@@ -17,7 +17,7 @@ DEFAULT_IMAGE = "pybox:latest"
 #: module, and what the image's files do with them). Bump it when a change needs the
 #: image rebuilt, and change the Dockerfile's ``org.pybox.protocol`` label with it: a
 #: sandbox refuses an image whose PROTOCOL_LABEL differs (``IncompatibleImage``).
-IMAGE_PROTOCOL = 2
+IMAGE_PROTOCOL = 3
 #: Image label holding the image protocol (hard-coded in the Dockerfile).
 PROTOCOL_LABEL = "org.pybox.protocol"
 #: Image label holding the pybox version that built the image (build argument VERSION_BUILD_ARG).
@@ -26,8 +26,8 @@ VERSION_BUILD_ARG = "PYBOX_VERSION"
 
 #: Port of the kernel gateway inside the container (the Dockerfile's EXPOSE).
 GATEWAY_PORT = 8888
-#: The image's command: the gateway, which also starts the first kernel.
-GATEWAY_COMMAND = "pybox-gateway"
+#: The gateway, which also starts the first kernel; the init runs it as GATEWAY_USER.
+GATEWAY_COMMAND = "/opt/pybox/bin/pybox-gateway"
 #: Working directory of every kernel; relative sandbox paths are under it.
 WORKDIR = "/app"
 
@@ -36,6 +36,11 @@ SANDBOX_USER = "sandbox"
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 SANDBOX_HOME = "/home/sandbox"
+#: The gateway's own user: kernel code (SANDBOX_UID) cannot read its token or signal it.
+GATEWAY_USER = "pybox-gateway"
+GATEWAY_UID = 999
+#: The gateway's home and runtime directory (connection files), which the init gives it.
+GATEWAY_HOME = "/var/lib/pybox"
 
 #: Environment variable the gateway reads its token from; it refuses to start without one.
 TOKEN_ENV = "KG_AUTH_TOKEN"
@@ -43,14 +48,22 @@ TOKEN_ENV = "KG_AUTH_TOKEN"
 #: the first, so the first run does not wait for a kernel start.
 PRESPAWN_ENV = "KG_PRESPAWN_COUNT"
 
-#: The image's network-policy entry point: run as root with NET_ADMIN, it applies the
-#: policy named by NETWORK_ENV, then runs its arguments (default: the gateway) as the
-#: sandbox user with no capabilities left.
-NETWORK_INIT = "/usr/local/sbin/pybox-network-init"
-#: The policy, as NETWORK_INIT reads it: ``default[:ADDRESS,...]`` (the public internet,
+#: The image's command and entry point, run as root: it applies the network policy named
+#: by NETWORK_ENV (if any), then runs its arguments (default: GATEWAY_COMMAND) as
+#: GATEWAY_USER, which runs kernels as SANDBOX_USER with no capabilities left.
+INIT = "/usr/local/sbin/pybox-init"
+#: Former name of INIT, kept for plugins.
+NETWORK_INIT = INIT
+#: Capabilities INIT needs (and checks for at start): CHOWN for the directories it
+#: prepares, and what the gateway keeps to start kernels as another user (SETUID,
+#: SETGID, SETPCAP) and to interrupt and stop them (KILL). No others are granted.
+INIT_CAPS: tuple[str, ...] = ("CHOWN", "KILL", "SETGID", "SETUID", "SETPCAP")
+#: What INIT needs besides, to apply a network policy.
+NETWORK_POLICY_CAPS: tuple[str, ...] = ("NET_ADMIN",)
+#: The policy, as INIT reads it: ``default[:ADDRESS,...]`` (the public internet,
 #: not the listed addresses of the engine's host), ``none`` or ``allow:ENTRY,ENTRY,...``.
 NETWORK_ENV = "PYBOX_NETWORK"
-#: What the "default" policy never lets code reach (hard-coded in NETWORK_INIT, which
+#: What the "default" policy never lets code reach (hard-coded in INIT, which
 #: also blocks the container's gateway and the addresses NETWORK_ENV lists, and allows
 #: port 53 of the resolvers in the container's /etc/resolv.conf): "this network",
 #: private, shared (CGNAT), loopback, link-local (cloud metadata), multicast and reserved
@@ -68,9 +81,11 @@ DEATH_REASON_FIELD = "pybox_reason"
 
 #: Writable scratch on a read-only root filesystem: what the gateway and IPython write
 #: at run time (connection files, config directories), with their size caps and whether
-#: the sandbox user must own them. The image's other files stay read-only.
+#: the sandbox user must own them (INIT gives them their owners; GATEWAY_HOME its
+#: user). The image's other files stay read-only.
 SCRATCH_MOUNTS: tuple[tuple[str, int, bool], ...] = (
     ("/tmp", 256 << 20, False),
+    (GATEWAY_HOME, 16 << 20, False),
     (f"{SANDBOX_HOME}/.local", 64 << 20, True),
     (f"{SANDBOX_HOME}/.config", 16 << 20, True),
     (f"{SANDBOX_HOME}/.jupyter", 16 << 20, True),

@@ -21,8 +21,10 @@ from pybox.backend import BINDS, LIMITS, NETWORK_POLICY, READ_ONLY, Backend
 from pybox.errors import BackendError, UnsupportedOperation
 from pybox.image_contract import (
     DEFAULT_BLOCKED_NETWORKS,
+    INIT,
+    INIT_CAPS,
     NETWORK_ENV,
-    NETWORK_INIT,
+    NETWORK_POLICY_CAPS,
     SCRATCH_MOUNTS,
     WORKDIR,
     network_policy_value,
@@ -38,11 +40,17 @@ def plan_launch(spec: ContainerSpec) -> LaunchPlan:
     """The launch plan that honours ``spec`` with pybox's sandbox image."""
     plan = LaunchPlan(
         image=spec.image,
-        command=list(spec.command) if spec.command is not None else None,
         env=dict(spec.env),
         labels=dict(spec.labels),
         ports=[PublishedPort(spec.gateway_port, spec.host_ip, spec.host_port)],
         binds=list(spec.binds),
+        # The image's init starts as root, applies the network policy, then runs the
+        # gateway as its own user and kernels as the sandbox user with no capabilities.
+        # The container gets only what the init and the gateway need.
+        command=[INIT, *(spec.command or [])],
+        user="0",
+        cap_drop=["ALL"],
+        cap_add=list(INIT_CAPS),
         no_new_privileges=True,
         name=spec.name,
         gateway_port=spec.gateway_port,
@@ -55,13 +63,10 @@ def plan_launch(spec: ContainerSpec) -> LaunchPlan:
         # /app must stay writable for the kernel and for upload/download.
         plan.volumes = [WORKDIR]
     if spec.network != "open":
-        # The image's init applies the policy as root with NET_ADMIN, then drops to the
-        # sandbox user with no capabilities at all, so code cannot lift it. "default"
-        # gets the engine's host addresses in prepare_launch (they depend on the backend).
-        plan.user = "0"
-        plan.cap_add = ["NET_ADMIN"]
+        # Applied by the init before anything else runs; "default" gets the engine's
+        # host addresses in prepare_launch (they depend on the backend).
+        plan.cap_add += NETWORK_POLICY_CAPS
         plan.env[NETWORK_ENV] = network_policy_value(spec.network)
-        plan.command = [NETWORK_INIT, *(plan.command or [])]
     return plan
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pybox.errors import BackendError, InvalidArgument
-from pybox.image_contract import GATEWAY_PORT, NETWORK_INIT, SANDBOX_GID, SANDBOX_UID
+from pybox.image_contract import GATEWAY_PORT, NETWORK_ENV, SANDBOX_GID, SANDBOX_UID
 
 #: Label every pybox container carries; other ``pybox.*`` labels say who owns it.
 LABEL = "pybox"
@@ -158,7 +158,8 @@ class PublishedPort:
 @dataclass(frozen=True)
 class Scratch:
     """A tmpfs mount: ``size`` bytes at ``path``, owned by the sandbox user when
-    ``sandbox_owned`` (``uid``/``gid`` on Docker, ``U`` on Podman)."""
+    ``sandbox_owned`` (``uid``/``gid`` on Docker, ``U`` on Podman; the image's init
+    also gives each its owner, for engines that mount them root's)."""
 
     path: str
     size: int
@@ -178,7 +179,7 @@ class LaunchPlan:
     image: str
     #: None: the image's own command.
     command: list[str] | None = None
-    #: None: the image's user (the sandbox user); "0" when the init must run as root.
+    #: None: the image's user; pybox's plan gives "0": its init starts as root.
     user: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
@@ -213,7 +214,7 @@ class LaunchPlan:
     @property
     def network_policed(self) -> bool:
         """Whether the image's init applies a network policy before the gateway starts."""
-        return bool(self.command) and self.command[0] == NETWORK_INIT  # type: ignore[index]
+        return bool(self.env.get(NETWORK_ENV))
 
     def published(self, container_port: int) -> PublishedPort:
         for port in self.ports:

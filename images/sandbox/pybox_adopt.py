@@ -12,7 +12,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from jupyter_server._tz import utcnow
 from kernel_gateway.services.kernels.manager import KernelGatewayIOLoopKernelManager
 
-from pybox_boot import KERNEL_ARGV, claim
+from pybox_boot import CONNECTION_FILE_MODE, KERNEL_ARGV, KERNEL_USER, claim
 
 
 class AdoptedProvisioner(LocalProvisioner):
@@ -99,4 +99,9 @@ class AdoptingKernelManager(KernelGatewayIOLoopKernelManager):
                 self.provisioner = AdoptedProvisioner(
                     kernel_id=self.kernel_id, kernel_spec=self.kernel_spec, parent=self)
                 self.provisioner.adopt = prelaunched
-        return await super()._async_pre_start_kernel(**kw)
+        cmd, kw = await super()._async_pre_start_kernel(**kw)
+        # The kernel runs as the sandbox user: it must read its connection file, and
+        # must not keep the gateway's user or capabilities (pybox_boot.KERNEL_USER).
+        if self.connection_file:
+            os.chmod(self.connection_file, CONNECTION_FILE_MODE)
+        return [*KERNEL_USER, *cmd], kw

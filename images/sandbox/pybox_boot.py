@@ -26,6 +26,24 @@ KERNEL_ARGV = ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 #: jupyter_client draws the ports of every other kernel, so they never collide.
 PORTS = {"shell_port": 20001, "iopub_port": 20002, "stdin_port": 20003, "control_port": 20004, "hb_port": 20005}
 GATEWAY_CONFIG = "/etc/pybox/pybox_gateway_config.py"
+#: The gateway's user (pybox-init runs the gateway so).
+GATEWAY_UID = 999
+#: Prefix of every kernel command: the sandbox user, no capabilities, no way back.
+#: setpriv may change the uid because the gateway holds SETUID/SETGID/SETPCAP as ambient
+#: capabilities (pybox-init); env gives the kernel the sandbox user's environment.
+KERNEL_USER = [
+    "/usr/bin/setpriv", "--reuid=1000", "--regid=1000", "--init-groups", "--inh-caps=-all",
+    "--ambient-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
+    "/usr/bin/env", "-u", "JUPYTER_RUNTIME_DIR", "HOME=/home/sandbox", "USER=sandbox", "LOGNAME=sandbox",
+    "IPYTHONDIR=/home/sandbox/.ipython",
+    "PATH=/opt/pybox/bin:/home/sandbox/.local/bin:/usr/local/bin:/usr/bin:/bin",
+]
+#: Mode of connection files: the kernel (the sandbox group) reads its own.
+CONNECTION_FILE_MODE = 0o640
+
+#: The gateway's token, taken out of the environment before any kernel can inherit it
+#: (pybox_gateway_config.py reads it here).
+token = ""
 
 _prelaunched: tuple[subprocess.Popen, str] | None = None
 
@@ -47,17 +65,17 @@ def prelaunch() -> None:
     path = os.path.join(runtime, f"kernel-pybox-{secrets.token_hex(8)}.json")
     info = {**PORTS, "ip": "127.0.0.1", "transport": "tcp", "signature_scheme": "hmac-sha256",
             "key": secrets.token_hex(32), "kernel_name": "python3"}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, CONNECTION_FILE_MODE)
     with os.fdopen(fd, "w") as f:
         json.dump(info, f, indent=1)
+    os.chmod(path, CONNECTION_FILE_MODE)  # whatever the umask
     # The env KernelGatewayIOLoopKernelManager + launch_kernel give a kernel.
     env = os.environ.copy()
-    env.pop("KG_AUTH_TOKEN", None)
     env.pop("PYTHONEXECUTABLE", None)
     env["KERNEL_GATEWAY"] = "1"
     env["JPY_PARENT_PID"] = str(os.getpid())
-    cmd = [sys.executable if a == "python" else a.replace("{connection_file}", os.path.realpath(path))
-           for a in KERNEL_ARGV]
+    cmd = KERNEL_USER + [sys.executable if a == "python" else a.replace("{connection_file}", os.path.realpath(path))
+                         for a in KERNEL_ARGV]
     process = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, cwd=os.getcwd(), start_new_session=True)
     process.stdin.close()
     _prelaunched = (process, path)
@@ -71,9 +89,14 @@ def claim() -> tuple[subprocess.Popen, str] | None:
 
 
 def main() -> None:
+    global token
+    if os.getuid() != GATEWAY_UID:
+        raise SystemExit(f"pybox-gateway: runs as the gateway user (uid {GATEWAY_UID}), not uid {os.getuid()}: "
+                         "start the container with its command, /usr/local/sbin/pybox-init, as root")
+    token = os.environ.pop("KG_AUTH_TOKEN", "")
     prespawn = int(os.environ.get("KG_PRESPAWN_COUNT") or 0)
     argv = [f"--config={GATEWAY_CONFIG}", *sys.argv[1:]]
-    if prespawn > 0 and os.environ.get("KG_AUTH_TOKEN"):
+    if prespawn > 0 and token:
         prelaunch()
         # The gateway's own prespawn waits 0.1 s after its loop starts: adopt at once
         # instead, and let the gateway prespawn only the rest.

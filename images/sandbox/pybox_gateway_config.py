@@ -2,17 +2,19 @@
 # The stock gateway drops output, listens without a token and notices dead kernels
 # late; each setting below says which of these it fixes.
 import json
-import os
 import signal
 
 from jupyter_client.jsonutil import json_default
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 
+import pybox_boot
+
 c = get_config()  # noqa: F821
 
 # Refuse to serve without a per-sandbox token: pybox passes one in KG_AUTH_TOKEN and
 # the gateway then rejects every request (REST and websocket) that lacks it.
-token = os.environ.get("KG_AUTH_TOKEN", "")
+# pybox_boot.main took it out of the environment, which kernels inherit.
+token = pybox_boot.token
 if not token:
     raise SystemExit("pybox sandbox: KG_AUTH_TOKEN is not set; refusing to start an open kernel gateway")
 c.KernelGatewayApp.auth_token = token

@@ -5,6 +5,7 @@ or PYBOX_TEST_IMAGE. `.ci/run` starts the engine and builds the image first.
 """
 
 import os
+import subprocess
 
 import pytest
 
@@ -12,6 +13,13 @@ import pybox
 
 BACKEND = os.environ.get("PYBOX_TEST_BACKEND", "docker")
 IMAGE = os.environ.get("PYBOX_TEST_IMAGE", pybox.DEFAULT_IMAGE)
+
+
+def engine_command(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The engine's own CLI (docker, or podman --remote), for what pybox does not do
+    (restart a container, exec as root)."""
+    cli = ["podman", "--remote"] if BACKEND == "podman" else ["docker"]
+    return subprocess.run([*cli, *args], capture_output=True, text=True, check=check, timeout=120)
 
 
 def pytest_configure(config):

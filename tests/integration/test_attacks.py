@@ -5,6 +5,7 @@ sandboxes and the calling process must stay untouched and responsive."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import time
 
@@ -13,7 +14,7 @@ import pytest
 import pybox
 from pybox.plugins import get_plugins
 
-from .conftest import BACKEND, IMAGE
+from .conftest import BACKEND, IMAGE, engine_command
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,171 @@ def test_a_huge_download_stops_at_the_cap(sandbox, tmp_path):
     assert not (tmp_path / "huge.bin").exists() and os.listdir(tmp_path) == []
     assert time.monotonic() - started < 60
     sandbox.run("import os; os.remove('huge.bin')")
+
+
+# -- the gateway is out of the kernel's reach ------------------------------------------
+
+#: The gateway's pid, as code in the sandbox finds it.
+FIND_GATEWAY = """
+import os
+def cmdline(pid):
+    try:
+        return open(f'/proc/{pid}/cmdline', 'rb').read()
+    except OSError:
+        return b''
+gateway = next(int(p) for p in os.listdir('/proc') if p.isdigit() and b'pybox-gateway' in cmdline(p))
+"""
+
+#: Everything kernel code can read that might hold the token: every process's environment,
+#: command line and memory, the gateway's home and the files of the image's config and
+#: scratch directories. The test sends only the token's SHA-256: code compares the hash of
+#: every token-shaped string it finds (secrets.token_urlsafe(32): 43 characters).
+SEARCH_FOR_TOKEN = FIND_GATEWAY + """
+import glob, hashlib, re
+tried = {}
+blobs = [repr(dict(os.environ)).encode()]
+def read(path):
+    try:
+        with open(path, 'rb') as f:
+            blobs.append(f.read(4 << 20))
+        tried[path] = 'read'
+    except OSError as e:
+        tried[path] = type(e).__name__
+for pattern in ('/proc/[0-9]*/environ', '/proc/[0-9]*/cmdline', '/proc/[0-9]*/mem'):
+    for path in glob.glob(pattern):
+        read(path)
+for root in ('/var/lib/pybox', '/etc/pybox', '/opt/pybox/etc', '/tmp', '/home/sandbox', '/app', '/run'):
+    for directory, _, names in os.walk(root):
+        for name in names:
+            read(os.path.join(directory, name))
+hashes = {hashlib.sha256(m).hexdigest() for blob in blobs for m in re.findall(rb'[A-Za-z0-9_-]{43}', blob)}
+print(HASH in hashes, tried[f'/proc/{gateway}/environ'], tried[f'/proc/{gateway}/mem'],
+      open(f'/proc/{gateway}/status').read().split('Uid:')[1].split()[0], os.getuid(),
+      os.access('/var/lib/pybox', os.R_OK))
+"""
+
+
+def test_kernel_code_cannot_find_the_gateway_token(fresh_sandbox):
+    digest = hashlib.sha256(fresh_sandbox.token.encode()).hexdigest()
+    found = fresh_sandbox.run(SEARCH_FOR_TOKEN.replace("HASH", repr(digest)), timeout=120).text.split()
+    # The gateway runs as its own user (999): its environment and memory are closed to the
+    # kernel (1000), and the token is not in the environment kernels inherit.
+    assert found == ["False", "PermissionError", "PermissionError", "999", "1000", "False"]
+
+
+SIGNAL_THE_GATEWAY = FIND_GATEWAY + """
+import signal
+outcomes = []
+for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGSTOP, signal.SIGKILL):
+    try:
+        os.kill(gateway, number)
+        outcomes.append('delivered')
+    except PermissionError:
+        outcomes.append('refused')
+print(*outcomes)
+"""
+
+
+def test_kernel_code_cannot_signal_the_gateway(fresh_sandbox):
+    assert fresh_sandbox.run(SIGNAL_THE_GATEWAY).text.split() == ["refused"] * 5
+    assert fresh_sandbox.kernel().run("print('the gateway still starts kernels')").text \
+        == "the gateway still starts kernels"
+
+
+REWRITE_THE_GATEWAY = """
+import os, sysconfig
+site = sysconfig.get_paths()['purelib']
+files = [site + '/kernel_gateway/gatewayapp.py', site + '/jupyter_server/__init__.py', site + '/pybox_boot.py',
+         site + '/pybox_adopt.py', site + '/usercustomize.py', '/opt/pybox/bin/pybox-gateway', '/opt/pybox/pyvenv.cfg',
+         '/opt/pybox/share/jupyter/kernels/python3/kernel.json', '/etc/pybox/pybox_gateway_config.py',
+         '/usr/local/sbin/pybox-init', '/etc/passwd', '/etc/hosts']
+directories = ['/opt/pybox', '/opt/pybox/bin', site, site + '/kernel_gateway', '/etc/pybox', '/usr/local/sbin',
+               '/usr/local/bin', '/usr/sbin', '/usr/bin', '/var/lib/pybox']
+def attempt(action):
+    try:
+        action()
+        return 'done'
+    except PermissionError:
+        return 'refused'
+    except OSError as e:
+        return type(e).__name__
+outcomes = {}
+for path in files:
+    outcomes[path + ' write'] = attempt(lambda: open(path, 'r+b').close())
+    outcomes[path + ' rename'] = attempt(lambda: os.rename(path, path + '.x'))
+    outcomes[path + ' chmod'] = attempt(lambda: os.chmod(path, 0o777))
+for path in directories:
+    outcomes[path + ' create'] = attempt(lambda: open(path + '/planted.py', 'x').close())
+print({k: v for k, v in outcomes.items() if v != 'refused'})
+"""
+
+
+def test_kernel_code_cannot_rewrite_what_the_gateway_and_the_init_run(sandbox):
+    assert sandbox.run(REWRITE_THE_GATEWAY).text == "{}"
+
+
+PLANT = r"""
+import os, site
+marker = "import os; open('/tmp/planted-%d' % os.getuid(), 'w').close()\n"
+user_site = site.getusersitepackages()
+os.makedirs(user_site, exist_ok=True)
+with open(os.path.join(user_site, 'aaa_planted.pth'), 'w') as f:
+    f.write(marker)
+for name in ('sitecustomize.py', 'jupyter_server.py', 'kernel_gateway.py', 'tornado.py'):
+    with open(os.path.join(user_site, name), 'w') as f:
+        f.write(marker)
+# Every directory of the init's and the gateway's PATH it can write to (none), and others.
+for directory in ('/opt/pybox/bin', '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin',
+                  os.path.expanduser('~/.local/bin'), '/app', '/tmp'):
+    for name in ('iptables-restore', 'ip6tables-restore', 'setpriv', 'env', 'python', 'python3', 'getent', 'mountpoint',
+                 'chown', 'stat', 'mkdir', 'id', 'grep'):
+        path = os.path.join(directory, name)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            if os.path.exists(path):
+                os.rename(path, path + '.orig')
+            with open(path, 'w') as f:
+                f.write("#!/bin/sh\ntouch /tmp/planted-$(id -u)\n")
+            os.chmod(path, 0o755)
+        except PermissionError:
+            pass
+print('planted')
+"""
+
+
+def test_code_planted_for_the_init_and_the_gateway_never_runs_as_them_after_a_restart():
+    # The container's writable layer keeps what code wrote there across a restart; the init
+    # (root) and the gateway (999) start again and must run none of it.
+    if BACKEND == "docker-remote":
+        pytest.skip("restarts the container with the engine's CLI, which reaches the local engine only here")
+    with pybox.Sandbox(image=IMAGE, backend=BACKEND) as sb:
+        assert sb.run(PLANT).text == "planted"
+        engine_command("exec", "-u", "0", sb.id, "/bin/sh", "-c", "/bin/rm -f /tmp/planted-*")
+        engine_command("restart", "-t", "1", sb.id)
+        # The prelaunched kernel (the sandbox user's) imports the planted .pth: once its
+        # marker is there, the init and the gateway have started too.
+        markers: list[str] = []
+        for _ in range(300):
+            markers = engine_command("exec", "-u", "0", sb.id, "/bin/ls", "/tmp", check=False).stdout.split()
+            if "planted-1000" in markers:
+                break
+            time.sleep(0.1)
+        processes = engine_command("exec", "-u", "0", sb.id, "/bin/sh", "-c",
+                                   "for p in /proc/[0-9]*; do echo $(/usr/bin/stat -c %u $p) "
+                                   "$(/usr/bin/tr '\\0' ' ' < $p/cmdline); done", check=False).stdout
+    assert "planted-1000" in markers, (markers, processes)
+    assert [m for m in markers if m.startswith("planted-") and m != "planted-1000"] == []
+    assert "999 /opt/pybox/bin/python -I /opt/pybox/bin/pybox-gateway" in processes
+
+
+def test_the_init_refuses_to_start_without_the_capabilities_it_needs(monkeypatch):
+    import pybox.launch
+
+    monkeypatch.setattr(pybox.launch, "INIT_CAPS", ("CHOWN",))  # as a plugin dropping them would
+    with pytest.raises(pybox.StartupTimeout) as info:
+        pybox.Sandbox(image=IMAGE, backend=BACKEND, network="open", startup_timeout=60).start()
+    assert "the container lacks capabilities the sandbox needs" in str(info.value)
+    assert "KILL, SETGID, SETUID and SETPCAP must be granted" in str(info.value)
 
 
 # -- the host's disk and memory are bounded ----------------------------------------------

@@ -17,6 +17,7 @@ import pytest
 import pybox
 
 from .conftest import BACKEND, IMAGE
+from .conftest import engine_command as engine
 
 ALLOWED, BLOCKED = "10.213.9.1", "10.213.9.2"
 PORT = 18931
@@ -271,14 +272,6 @@ def test_default_reaches_the_public_internet_only(outside, on_engine_host):
     # Metadata, private, the engine's gateway and this host: blocked; the "public" address: reached.
     assert defaulted == ["blocked", "blocked", "reached", "blocked"] + ["blocked"] * (len(targets) - 4)
     assert uid == "1000"
-
-
-def engine_cli():
-    return ["podman", "--remote"] if BACKEND == "podman" else ["docker"]
-
-
-def engine(*args, check=True):
-    return subprocess.run([*engine_cli(), *args], capture_output=True, text=True, check=check, timeout=120)
 
 
 def test_default_rules_admit_dns_to_the_resolver_only_and_refuse_inbound():

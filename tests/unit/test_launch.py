@@ -19,7 +19,7 @@ from pybox.backend import (
     PublishedPort,
 )
 from pybox.errors import BackendError, UnsupportedOperation
-from pybox.image_contract import GATEWAY_PORT, NETWORK_ENV, NETWORK_INIT, SCRATCH_MOUNTS, WORKDIR
+from pybox.image_contract import GATEWAY_PORT, INIT, INIT_CAPS, NETWORK_ENV, SCRATCH_MOUNTS, WORKDIR
 from pybox.launch import (
     client_host,
     host_addresses,
@@ -35,12 +35,13 @@ from pybox.plugins import Plugins
 from pybox.spec import memory_bytes
 
 
-def test_the_open_plan_runs_the_image_as_it_is_with_limits_in_bytes():
+def test_the_open_plan_runs_the_init_as_root_with_its_capabilities_only_and_limits_in_bytes():
     plan = plan_launch(ContainerSpec(image="img:1", env={"A": "1"}, labels={"pybox": "1"}, network="open"))
-    assert plan.image == "img:1" and plan.command is None and plan.user is None
+    assert plan.image == "img:1" and plan.command == [INIT] and plan.user == "0"
     assert plan.env == {"A": "1"} and plan.labels == {"pybox": "1"}
     assert plan.ports == [PublishedPort(GATEWAY_PORT, "127.0.0.1", None)]
-    assert plan.no_new_privileges and not plan.read_only and not plan.cap_add and not plan.cap_drop
+    assert plan.no_new_privileges and not plan.read_only
+    assert plan.cap_drop == ["ALL"] and plan.cap_add == list(INIT_CAPS)
     assert (plan.memory_bytes, plan.memory_swap_bytes, plan.pids, plan.cpus) == (2 << 30, 4 << 30, 1024, None)
     assert not plan.scratch and not plan.volumes and not plan.network_policed
 
@@ -54,17 +55,17 @@ def test_read_only_gets_the_image_contracts_scratch_mounts_and_a_volume_at_app()
 
 def test_the_default_spec_gets_the_default_network_policy():
     plan = plan_launch(ContainerSpec(image="i"))
-    assert plan.network_policed and plan.user == "0" and plan.cap_add == ["NET_ADMIN"]
-    assert plan.env[NETWORK_ENV] == "default" and plan.command == [NETWORK_INIT]
+    assert plan.network_policed and plan.user == "0" and plan.cap_add == [*INIT_CAPS, "NET_ADMIN"]
+    assert plan.env[NETWORK_ENV] == "default" and plan.command == [INIT]
 
 
 @pytest.mark.parametrize("network, value", [("none", "none"), ("default", "default"),
                                             (("10.0.0.0/8", "pypi.org"), "allow:10.0.0.0/8,pypi.org")])
 def test_a_network_policy_runs_the_init_as_root_with_net_admin(network, value):
     plan = plan_launch(ContainerSpec(image="i", network=network, command=["extra"]))
-    assert plan.user == "0" and plan.cap_add == ["NET_ADMIN"]
+    assert plan.user == "0" and plan.cap_add == [*INIT_CAPS, "NET_ADMIN"] and plan.cap_drop == ["ALL"]
     assert plan.env[NETWORK_ENV] == value
-    assert plan.command == [NETWORK_INIT, "extra"] and plan.network_policed
+    assert plan.command == [INIT, "extra"] and plan.network_policed
 
 
 def test_limits_none_leave_the_engine_default():

@@ -240,7 +240,7 @@ def test_cli_build_kernel_flags_reach_the_build_context(building):
     assert build["tag"] == "pybox-k:1"
     assert build["buildargs"] == {"BASE_IMAGE": "base:1", "PYBOX_VERSION": pybox.__version__}
     assert build["kernels"] == "octave_kernel==0.36.0\nbash_kernel==0.10.0 bash_kernel.install\n"
-    assert "COPY --chown=sandbox:sandbox extra-kernels.txt" in build["dockerfile"]
+    assert "COPY extra-kernels.txt" in build["dockerfile"]
 
 
 def test_cli_build_without_kernels_writes_an_empty_kernels_file(building):

@@ -3,22 +3,21 @@ sandbox hardened, on Docker and Podman alike.
 
 It adds no backend. It adjusts the launch plan pybox decided (hook
 ``pybox_adjust_launch_plan``): read-only root filesystem with pybox's own scratch
-mounts and a volume at /app, every capability dropped, no privilege escalation,
-default memory and process limits. Core then checks the plan against what the
+mounts and a volume at /app, every capability dropped but the few the image's init
+checks for (pybox's plan already grants no others; kept here so that another
+plugin's additions are undone), no privilege escalation, default memory and process
+limits. Core then checks the plan against what the
 backend enforces, so a backend that cannot do read-only roots refuses to start
 rather than starting unhardened. Turn it off with ``PYBOX_DISABLE_PLUGINS=hardened``.
 """
 
 import pybox
-from pybox.image_contract import SCRATCH_MOUNTS, WORKDIR
+from pybox.image_contract import INIT_CAPS, NETWORK_POLICY_CAPS, SCRATCH_MOUNTS, WORKDIR
 from pybox.launch import Scratch
 
 #: Limits applied when the sandbox sets none.
 DEFAULT_MEMORY_BYTES = 1 << 30
 DEFAULT_PIDS = 256
-#: What the image's network init needs to apply a policy, then drop to the sandbox
-#: user with no capabilities left (setpriv changes uid/gid and the bounding set).
-NETWORK_INIT_CAPS = ["NET_ADMIN", "SETUID", "SETGID", "SETPCAP"]
 
 
 @pybox.hookimpl
@@ -29,7 +28,9 @@ def pybox_adjust_launch_plan(plan, backend):
     if WORKDIR not in plan.volumes:
         plan.volumes.append(WORKDIR)
     plan.cap_drop = ["ALL"]
-    plan.cap_add = NETWORK_INIT_CAPS if plan.network_policed else []
+    # What the init needs to prepare the sandbox and run the gateway and kernels as
+    # two users (it refuses to start without); the kernels keep none.
+    plan.cap_add = [*INIT_CAPS, *(NETWORK_POLICY_CAPS if plan.network_policed else ())]
     plan.no_new_privileges = True
     if plan.memory_bytes is None:
         plan.memory_bytes = DEFAULT_MEMORY_BYTES
