@@ -91,6 +91,11 @@ class Backend(abc.ABC):
     features: ClassVar[frozenset[str]] = frozenset()
     #: Why a feature is missing and what to do instead, by feature (used in the refusal).
     unsupported_hints: ClassVar[Mapping[str, str]] = {}
+    #: Whether the client reaches the gateway across a network (an engine on another
+    #: host): pybox then encrypts the gateway's traffic with a certificate it makes per
+    #: sandbox, passes to the container and pins (pybox.tls), so the token never
+    #: crosses the network in clear.
+    gateway_tls: ClassVar[bool] = False
 
     # -- lifecycle -------------------------------------------------------------------
 

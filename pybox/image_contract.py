@@ -44,6 +44,11 @@ GATEWAY_HOME = "/var/lib/pybox"
 
 #: Environment variable the gateway reads its token from; it refuses to start without one.
 TOKEN_ENV = "KG_AUTH_TOKEN"
+#: Environment variables the gateway reads its TLS certificate and key from (PEM), for a
+#: sandbox reached across a network (``Backend.gateway_tls``); taken out of the
+#: environment, as the token is, and written where only the gateway reads them.
+TLS_CERT_ENV = "PYBOX_TLS_CERT"
+TLS_KEY_ENV = "PYBOX_TLS_KEY"
 #: The gateway starts this many kernels as soon as it is up; the default kernel adopts
 #: the first, so the first run does not wait for a kernel start.
 PRESPAWN_ENV = "KG_PRESPAWN_COUNT"

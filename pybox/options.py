@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
 from pybox.errors import InvalidArgument
-from pybox.image_contract import DEFAULT_IMAGE, TOKEN_ENV, WORKDIR
+from pybox.image_contract import DEFAULT_IMAGE, TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_ENV, WORKDIR
 from pybox.plugins import resolve_backend_name
 from pybox.spec import Bind, Limits
 
@@ -177,8 +177,9 @@ def check_env(env: object) -> dict[str, str]:
             raise InvalidArgument(f"env variable name {key!r} is not valid")
         if not isinstance(value, str):
             raise InvalidArgument(f"env variable {key} must be a str, not {type(value).__name__}")
-    if TOKEN_ENV in env:
-        raise InvalidArgument(f"env may not set {TOKEN_ENV}: pybox sets the gateway token itself")
+    for name in (TOKEN_ENV, TLS_CERT_ENV, TLS_KEY_ENV):
+        if name in env:
+            raise InvalidArgument(f"env may not set {name}: pybox sets the gateway's token and certificate itself")
     return dict(env)
 
 

@@ -26,7 +26,7 @@ from pybox.errors import (
     StartupTimeout,
 )
 from pybox.files import DEFAULT_MAX_DOWNLOAD, check_local_path, check_local_source, extract_stream, upload_stream
-from pybox.image_contract import DEFAULT_IMAGE, PRESPAWN_ENV, TOKEN_ENV, WORKDIR
+from pybox.image_contract import DEFAULT_IMAGE, PRESPAWN_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_ENV, WORKDIR
 from pybox.kernel import Kernel
 from pybox.kernel.execution import Execution
 from pybox.kernel.gateway import Gateway
@@ -56,6 +56,7 @@ from pybox.ownership import (
 )
 from pybox.plugins import get_plugins, resolve_backend_name
 from pybox.pull import ensure_image
+from pybox.tls import GatewayCertificate
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -139,6 +140,7 @@ class Sandbox:
         self.id: str | None = None
         self._backend: Backend | None = None
         self._gateway: Gateway | None = None
+        self._certificate: GatewayCertificate | None = None
         self._kernels: list[Kernel] = []
         self._default: Kernel | None = None
         self._adopted_prespawn = False
@@ -202,6 +204,9 @@ class Sandbox:
                 return self
             backend = self._backend = self._backend_cls()
             try:
+                # Across a network, the gateway's traffic is encrypted with this sandbox's own
+                # certificate, which only this client trusts (pybox.tls).
+                self._certificate = GatewayCertificate.generate() if backend.gateway_tls else None
                 plan = prepare_launch(self._spec(), backend, get_plugins().adjust_launch_plan)
                 # Pulled when missing and registry-named; refused when built for another protocol.
                 ensure_image(backend, plan.image, self.pull_progress)
@@ -221,7 +226,8 @@ class Sandbox:
                 except BackendError:
                     self._check_alive()  # exited already (e.g. its init failed): say why, with its logs
                     raise
-                self._gateway = Gateway(endpoint.host, endpoint.port, self.token)
+                context = self._certificate.client_context() if self._certificate is not None else None
+                self._gateway = Gateway(endpoint.host, endpoint.port, self.token, ssl_context=context)
                 self._wait_for_gateway(deadline)
             except BaseException as exc:
                 log.warning("sandbox container %s failed to start: %s", self.id[:12], exc)
@@ -235,7 +241,7 @@ class Sandbox:
         options = self.options
         return ContainerSpec(
             image=options.image,
-            env={**options.env, TOKEN_ENV: self.token, PRESPAWN_ENV: "1"},
+            env={**options.env, TOKEN_ENV: self.token, PRESPAWN_ENV: "1", **self._tls_env()},
             binds=list(options.binds),
             limits=options.limits,
             labels=creation_labels(),
@@ -243,6 +249,18 @@ class Sandbox:
             read_only=options.read_only,
             network=options.network,
         )
+
+    def _tls_env(self) -> dict[str, str]:
+        if self._certificate is None:
+            return {}
+        return {TLS_CERT_ENV: self._certificate.cert_pem, TLS_KEY_ENV: self._certificate.key_pem}
+
+    @property
+    def gateway_certificate(self) -> str | None:
+        """The certificate (PEM) this sandbox's gateway presents when its traffic is
+        encrypted (a remote engine), else None; pass it to ``Kernel.connect`` to attach
+        from elsewhere."""
+        return self._certificate.cert_pem if self._certificate is not None else None
 
     def _check_alive(self) -> None:
         """Raise StartupTimeout, with the container's logs, if it stopped while starting."""

@@ -44,6 +44,9 @@ CONNECTION_FILE_MODE = 0o640
 #: The gateway's token, taken out of the environment before any kernel can inherit it
 #: (pybox_gateway_config.py reads it here).
 token = ""
+#: The TLS certificate and key files (PEM) when pybox passed them (a sandbox reached
+#: across a network): written from the environment, readable by the gateway only.
+tls_files: tuple[str, str] | None = None
 
 _prelaunched: tuple[subprocess.Popen, str] | None = None
 
@@ -94,6 +97,7 @@ def main() -> None:
         raise SystemExit(f"pybox-gateway: runs as the gateway user (uid {GATEWAY_UID}), not uid {os.getuid()}: "
                          "start the container with its command, /usr/local/sbin/pybox-init, as root")
     token = os.environ.pop("KG_AUTH_TOKEN", "")
+    _take_tls_files()
     prespawn = int(os.environ.get("KG_PRESPAWN_COUNT") or 0)
     argv = [f"--config={GATEWAY_CONFIG}", *sys.argv[1:]]
     if prespawn > 0 and token:
@@ -109,6 +113,26 @@ def main() -> None:
     if _prelaunched is not None:
         app.io_loop.add_callback(_adopt, app)
     app.start()
+
+
+def _take_tls_files() -> None:
+    global tls_files
+    cert, key = os.environ.pop("PYBOX_TLS_CERT", ""), os.environ.pop("PYBOX_TLS_KEY", "")
+    if not cert and not key:
+        return
+    if not cert or not key:
+        raise SystemExit("pybox-gateway: PYBOX_TLS_CERT and PYBOX_TLS_KEY come together; one is missing")
+    directory = os.path.join(os.environ.get("HOME") or "/var/lib/pybox", "tls")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)  # the home is the sandbox group's to traverse: not this
+    paths = []
+    for name, pem in (("gateway.crt", cert), ("gateway.key", key)):
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(pem)
+        paths.append(path)
+    tls_files = (paths[0], paths[1])
 
 
 async def _adopt(app) -> None:

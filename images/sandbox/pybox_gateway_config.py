@@ -19,6 +19,11 @@ if not token:
     raise SystemExit("pybox sandbox: KG_AUTH_TOKEN is not set; refusing to start an open kernel gateway")
 c.KernelGatewayApp.auth_token = token
 
+# TLS with the certificate pybox made for this sandbox (and pins) when the client is
+# across a network (a remote engine); plain HTTP on the engine host's loopback.
+if pybox_boot.tls_files is not None:
+    c.KernelGatewayApp.certfile, c.KernelGatewayApp.keyfile = pybox_boot.tls_files
+
 # Inside the container; the engine publishes the port on the host's loopback only.
 c.KernelGatewayApp.ip = "0.0.0.0"
 c.KernelGatewayApp.port = 8888

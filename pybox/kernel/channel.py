@@ -37,6 +37,7 @@ import hashlib
 import logging
 import os
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -48,6 +49,7 @@ import websocket
 from pybox.errors import ChannelError, InvalidArgument, KernelError
 from pybox.kernel import messages
 from pybox.kernel.messages import Message
+from pybox.tls import SerializedTLSSocket
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class KernelChannel:
         ping_interval: float | None = None,
         pong_timeout: float | None = None,
         send_timeout: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.url = url
         self.max_message_bytes = MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
@@ -113,7 +116,7 @@ class KernelChannel:
         self.closed = False
         self._drops = messages.DropLog(log, f"kernel websocket {url}")
         self.handler_errors = 0  # exceptions out of a sink (bugs): the channel goes on
-        self._sock, leftover = _open_websocket(url, token, connect_timeout)
+        self._sock, leftover = _open_websocket(url, token, connect_timeout, ssl_context)
         self._rbuf = bytearray(leftover)
         # The socket's timeout is the reader's tick: it wakes that often to keep the
         # connection alive (and the senders retry through it, see _send_frame).
@@ -405,21 +408,32 @@ class KernelChannel:
             pass
 
 
-def _open_websocket(url: str, token: str, timeout: float) -> tuple[socket.socket, bytes]:
+def _open_websocket(url: str, token: str, timeout: float,
+                    ssl_context: ssl.SSLContext | None = None) -> tuple[socket.socket | SerializedTLSSocket, bytes]:
     """Connect and upgrade to a websocket (RFC 6455) with the token; the socket and any
-    bytes the gateway sent after its answer. The answer is bounded in size and time."""
+    bytes the gateway sent after its answer. The answer is bounded in size and time.
+    ``wss://`` URLs go through TLS with ``ssl_context`` (a sandbox's pinned certificate)
+    before anything is sent; the socket is then a SerializedTLSSocket."""
     parts = urlsplit(url)
-    if parts.scheme != "ws" or not parts.hostname:
-        raise InvalidArgument(f"the kernel websocket URL must be ws://host:port/..., got {url!r}")
-    host, port = parts.hostname, parts.port or 80
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise InvalidArgument(f"the kernel websocket URL must be ws://host:port/... or wss://..., got {url!r}")
+    secure = parts.scheme == "wss"
+    host, port = parts.hostname, parts.port or (443 if secure else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     deadline = time.monotonic() + timeout
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        raw = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise ChannelError(f"could not open the kernel websocket {url}: {exc}") from exc
+    sock: socket.socket = raw
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if secure:
+            try:
+                sock = (ssl_context or ssl.create_default_context()).wrap_socket(raw, server_hostname=host)
+            except ssl.SSLCertVerificationError as exc:
+                raise ChannelError(f"the kernel gateway at {url} did not present the sandbox's certificate "
+                                   f"(pinned by pybox): {exc.verify_message or exc}; nothing was sent") from exc
         key = base64.b64encode(os.urandom(16)).decode("ascii")
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\n"
@@ -466,7 +480,8 @@ def _open_websocket(url: str, token: str, timeout: float) -> tuple[socket.socket
         if headers.get("sec-websocket-extensions"):
             raise ChannelError(f"the kernel gateway chose websocket extensions pybox did not offer: "
                                f"{headers['sec-websocket-extensions'][:200]!r}")
-        return sock, bytes(answer[end + 4:])
+        rest = bytes(answer[end + 4:])
+        return (SerializedTLSSocket(sock) if isinstance(sock, ssl.SSLSocket) else sock), rest
     except BaseException as exc:
         sock.close()
         if isinstance(exc, OSError):

@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import time
 from typing import Any, Callable
 
 import requests
+import requests.adapters
 
 from pybox.errors import ChannelError, InvalidArgument, KernelError, PyboxError
 
@@ -40,22 +42,43 @@ def check_kernel_id(value: object, error: type[PyboxError] = ChannelError) -> st
     return value
 
 
-class Gateway:
-    """One kernel gateway at ``http://host:port``, authenticated by ``token``."""
+class _PinnedTLSAdapter(requests.adapters.HTTPAdapter):
+    """HTTPS with one SSL context: a sandbox's pinned certificate, no name to check."""
 
-    def __init__(self, host: str, port: int, token: str, *, request_timeout: float = 30.0):
+    def __init__(self, context: ssl.SSLContext):
+        self._context = context
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        kwargs["assert_hostname"] = False
+        super().init_poolmanager(*args, **kwargs)
+
+
+class Gateway:
+    """One kernel gateway at ``http://host:port``, authenticated by ``token``; at
+    ``https://`` (and ``wss://``) when ``ssl_context`` is given, which then decides
+    whom to trust (for a sandbox on a remote engine: its own certificate only)."""
+
+    def __init__(self, host: str, port: int, token: str, *, request_timeout: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None):
         self.host = host
         self.port = int(port)
         self.token = token
         self.request_timeout = request_timeout
-        self.base_url = f"http://{_url_host(host)}:{self.port}"
+        self.ssl_context = ssl_context
+        scheme = "https" if ssl_context is not None else "http"
+        self.base_url = f"{scheme}://{_url_host(host)}:{self.port}"
         self._http = requests.Session()
         self._http.headers["Authorization"] = f"token {token}"
         # The gateway is local or reached directly; never through an HTTP proxy.
         self._http.trust_env = False
+        if ssl_context is not None:
+            self._http.mount("https://", _PinnedTLSAdapter(ssl_context))
 
     def ws_url(self, kernel_id: str) -> str:
-        return f"ws://{_url_host(self.host)}:{self.port}/api/kernels/{kernel_id}/channels"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{_url_host(self.host)}:{self.port}/api/kernels/{kernel_id}/channels"
 
     def _request(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
         url = self.base_url + path
@@ -110,7 +133,11 @@ class Gateway:
         try:
             response = self._http.get(self.base_url + "/api", timeout=timeout, stream=True)
             response.close()  # the status is the answer: no body is read
-        except requests.RequestException:
+        except requests.RequestException as exc:
+            mismatch = _certificate_mismatch(exc)
+            if mismatch is not None:  # not a gateway still starting: someone else answers
+                raise ChannelError(f"kernel gateway at {self.base_url} did not present the sandbox's certificate "
+                                   f"(pinned by pybox): {mismatch}; the token was not sent") from exc
             return False
         if response.status_code in (401, 403):
             raise ChannelError(f"kernel gateway at {self.base_url} refused the token ({response.status_code})")
@@ -228,6 +255,22 @@ class Gateway:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _certificate_mismatch(exc: BaseException) -> str | None:
+    """The verification error inside a requests exception, if the TLS peer's
+    certificate was refused (requests wraps urllib3's error, which wraps ssl's)."""
+    seen: set[int] = set()
+    pending: list[object] = [exc]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return str(current.verify_message or current)
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+    return None
 
 
 def _url_host(host: str) -> str:

@@ -27,6 +27,7 @@ import functools
 import inspect
 import json
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -63,6 +64,7 @@ from pybox.options import (
     check_startup_code,
 )
 from pybox.outputs import Result
+from pybox.tls import GatewayCertificate
 
 __all__ = ["DEFAULT_INTERRUPT_GRACE", "DEFAULT_TIMEOUT", "Kernel"]
 
@@ -146,12 +148,15 @@ class Kernel:
         startup_code: str | None = None,
         max_output: int | None = DEFAULT_MAX_OUTPUT,
         name: str | None = None,
+        certificate: str | None = None,
     ) -> Kernel:
         """Attach to a sandbox's gateway started elsewhere (another process, another
         host). Creates a new kernel there unless ``kernel_id`` names an existing one;
         a kernel created here is shut down by ``close()``. ``name`` picks the kernelspec
         of the kernel created (as for ``Sandbox.kernel``; InvalidArgument with
-        ``kernel_id``). The options mean what they mean for ``Sandbox``."""
+        ``kernel_id``). ``certificate``: the sandbox's ``gateway_certificate`` (PEM) when
+        its traffic is encrypted (a remote engine): TLS, trusting that certificate only.
+        The options mean what they mean for ``Sandbox``."""
         options = SandboxOptions(port=check_port(port), interrupt_grace=interrupt_grace, startup_code=startup_code,
                                  max_output=max_output)
         if not isinstance(host, str) or not host.strip():
@@ -164,8 +169,16 @@ class Kernel:
             check_kernel_name(name)
             if kernel_id is not None:
                 raise InvalidArgument("name picks the kernelspec of a new kernel; not with kernel_id")
+        context = None
+        if certificate is not None:
+            if not isinstance(certificate, str) or "BEGIN CERTIFICATE" not in certificate:
+                raise InvalidArgument("certificate must be the sandbox's gateway_certificate (a PEM str)")
+            try:
+                context = GatewayCertificate(certificate, "").client_context()
+            except ssl.SSLError as exc:
+                raise InvalidArgument(f"certificate is not a usable PEM certificate: {exc}") from exc
         assert options.port is not None
-        gateway = Gateway(host, options.port, token)
+        gateway = Gateway(host, options.port, token, ssl_context=context)
         try:
             gateway.wait_ready(time.monotonic() + check_seconds(timeout, "timeout"))
             created = kernel_id is None
@@ -685,9 +698,11 @@ class Kernel:
 
     def _open_channel(self) -> KernelChannel:
         self._generation += 1
+        tls = {"ssl_context": self.gateway.ssl_context} if self.gateway.ssl_context is not None else {}
         return self._channel_factory(
             self.gateway.ws_url(self.id),
             self.gateway.token,
+            **tls,
             on_unrouted=self._on_unrouted,
             on_closed=functools.partial(self._on_channel_closed, self._generation),
             name=f"pybox-kernel-{self.id[:8]}",

@@ -159,13 +159,79 @@ def test_wrong_ca_fails_the_handshake_as_a_pybox_error(monkeypatch, tmp_path):
     assert info.value.__cause__ is not None and not isinstance(info.value.__cause__, pybox.PyboxError)
 
 
-def test_plain_tcp_to_the_tls_port_is_refused(monkeypatch):
+def test_an_engine_url_without_tls_is_refused_unless_opted_into(monkeypatch):
     monkeypatch.delenv("DOCKER_TLS_VERIFY", raising=False)
     monkeypatch.delenv("DOCKER_CERT_PATH", raising=False)
+    monkeypatch.delenv("PYBOX_ALLOW_INSECURE_ENGINE", raising=False)
+    with pytest.raises(pybox.BackendUnavailable) as info:
+        pybox.Sandbox(image=IMAGE, backend=BACKEND).start()
+    assert "in clear (plain HTTP)" in str(info.value) and "PYBOX_ALLOW_INSECURE_ENGINE=1" in str(info.value)
+    # Opted into: pybox speaks plain HTTP, which this engine's TLS port refuses.
+    monkeypatch.setenv("PYBOX_ALLOW_INSECURE_ENGINE", "1")
     with pytest.raises(pybox.BackendUnavailable) as info:
         pybox.Sandbox(image=IMAGE, backend=BACKEND).start()
     assert "TLS" in str(info.value) and "DOCKER_TLS_VERIFY" in str(info.value)
     assert info.value.__cause__ is not None and not isinstance(info.value.__cause__, pybox.PyboxError)
+
+
+def test_engine_tls_that_does_not_verify_the_engine_is_refused_unless_opted_into(monkeypatch):
+    monkeypatch.delenv("DOCKER_TLS_VERIFY", raising=False)  # DOCKER_CERT_PATH stays: TLS, any server cert
+    monkeypatch.delenv("PYBOX_ALLOW_INSECURE_ENGINE", raising=False)
+    with pytest.raises(pybox.BackendUnavailable) as info:
+        pybox.Sandbox(image=IMAGE, backend=BACKEND).start()
+    assert "without verifying the engine's certificate" in str(info.value)
+    monkeypatch.setenv("PYBOX_ALLOW_INSECURE_ENGINE", "1")
+    with pybox.Sandbox(image=IMAGE, backend=BACKEND) as sb:
+        assert sb.run("print('opted in')").text == "opted in"
+
+
+# -- the gateway's traffic: TLS with the sandbox's own certificate -------------------------
+
+
+def test_gateway_traffic_is_tls_with_the_sandboxs_pinned_certificate(sandbox):
+    import ssl
+
+    from pybox.tls import GatewayCertificate
+
+    pem = sandbox.gateway_certificate
+    assert pem is not None and "BEGIN CERTIFICATE" in pem
+    context = GatewayCertificate(pem, "").client_context()
+    with socket.create_connection((sandbox.host, sandbox.port), timeout=10) as raw:
+        with context.wrap_socket(raw) as tls:
+            assert tls.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(pem)
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    # Plain HTTP, with the token, gets no answer from the gateway: it speaks TLS only.
+    plain = Gateway(sandbox.host, sandbox.port, sandbox.token)
+    try:
+        assert not plain.ready(timeout=3)
+    finally:
+        plain.close()
+    # Another certificate (someone else answering on the port): refused before the token goes.
+    stranger = Gateway(sandbox.host, sandbox.port, sandbox.token,
+                       ssl_context=GatewayCertificate.generate().client_context())
+    try:
+        with pytest.raises(pybox.ChannelError, match="did not present the sandbox's certificate"):
+            stranger.ready(timeout=3)
+    finally:
+        stranger.close()
+
+
+def test_another_process_attaches_with_the_certificate(sandbox):
+    kernel = pybox.Kernel.connect(sandbox.host, sandbox.port, sandbox.token, certificate=sandbox.gateway_certificate)
+    try:
+        assert kernel.run("print('attached over TLS')").text == "attached over TLS"
+    finally:
+        kernel.close()
+    with pytest.raises(pybox.InvalidArgument, match="certificate"):
+        pybox.Kernel.connect(sandbox.host, sandbox.port, sandbox.token, certificate="not a certificate")
+
+
+def test_kernel_code_cannot_read_the_gateways_key(sandbox):
+    code = ("import os\nfor p in ('/var/lib/pybox/tls/gateway.key', '/var/lib/pybox/tls'):\n"
+            "    try:\n        open(p).read() if p.endswith('key') else os.listdir(p)\n        print('read')\n"
+            "    except OSError as e:\n        print(type(e).__name__)\n"
+            "print(any(k.startswith('PYBOX_TLS') for k in os.environ))")
+    assert sandbox.run(code).text.split() == ["PermissionError", "PermissionError", "False"]
 
 
 def test_unreachable_remote_is_backend_unavailable(monkeypatch):

@@ -7,9 +7,13 @@ It assumes nothing about a shared filesystem or a shared network namespace:
 - the sandbox's kernel gateway is published on the *remote* host's interfaces
   (``0.0.0.0`` there, or ``PYBOX_REMOTE_PUBLISH_IP``) and the client reaches it at
   the host named in ``DOCKER_HOST`` (or ``PYBOX_REMOTE_GATEWAY_HOST``), never at
-  127.0.0.1. The gateway's token (made per sandbox by pybox) is what protects the
-  port; the traffic to it is plain HTTP/websocket, so use this on networks you trust
-  or put the engine host behind a VPN/firewall that only lets the client in;
+  127.0.0.1. The gateway's traffic is TLS with a certificate pybox makes per sandbox
+  and pins (``Backend.gateway_tls``, pybox.tls), and its token (also per sandbox)
+  protects the port;
+- the engine's own API must be encrypted and authenticated too: ``tcp://`` without
+  ``DOCKER_TLS_VERIFY`` (plain HTTP, or TLS that does not check the engine's
+  certificate) is refused unless ``PYBOX_ALLOW_INSECURE_ENGINE=1`` says the network is
+  trusted;
 - host-path bind mounts are refused (a path on this machine means nothing to the
   remote engine, and a path on the remote host is not the caller's): files move
   through the engine's archive API with ``Sandbox.upload`` / ``Sandbox.download``;
@@ -42,6 +46,8 @@ from pybox_docker.backend import UNAVAILABLE_HINT, DockerBackend
 PUBLISH_IP_ENV = "PYBOX_REMOTE_PUBLISH_IP"
 #: Host the client connects to for the gateway (default: the host in DOCKER_HOST).
 GATEWAY_HOST_ENV = "PYBOX_REMOTE_GATEWAY_HOST"
+#: "1": accept an engine API without verified TLS (a network the user trusts).
+INSECURE_ENGINE_ENV = "PYBOX_ALLOW_INSECURE_ENGINE"
 
 SETUP_HINT = (
     "The docker-remote backend needs DOCKER_HOST naming a remote engine: "
@@ -76,6 +82,7 @@ class RemoteDockerBackend(DockerBackend):
     description = "Docker engine on another host (DOCKER_HOST=tcp://... with TLS, or ssh://...)"
     features = ALL_FEATURES - {BINDS}
     unsupported_hints = {BINDS: BINDS_REFUSED}
+    gateway_tls = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -108,6 +115,7 @@ class RemoteDockerBackend(DockerBackend):
             raise BackendUnavailable(f"DOCKER_HOST={self.docker_host} is not a remote engine address "
                                      f"(tcp:// or ssh://)", SETUP_HINT)
         self.remote_host  # noqa: B018 -- validates that a host is named
+        self._refuse_insecure_engine()
         try:
             return _APIClient(timeout=60, use_ssh_client=self.scheme == "ssh" and not _has_paramiko(),
                               **docker.utils.kwargs_from_env())
@@ -167,6 +175,22 @@ class RemoteDockerBackend(DockerBackend):
                                      f"(tcp:// or ssh://)", SETUP_HINT)
         if self.scheme == "ssh" and not os.environ.get(GATEWAY_HOST_ENV, "").strip():
             raise UnsupportedOperation(SSH_REFUSED.format(docker_host=self.docker_host))
+        self._refuse_insecure_engine()
+
+    def _refuse_insecure_engine(self) -> None:
+        """An engine API in clear (or over TLS that trusts any certificate) hands whoever
+        is on the path every sandbox's token and code: refused unless opted into."""
+        if self.scheme == "ssh" or os.environ.get(INSECURE_ENGINE_ENV, "").strip() == "1":
+            return
+        if os.environ.get("DOCKER_TLS_VERIFY", "") != "":  # docker-py's and the CLI's reading
+            return
+        how = ("over TLS without verifying the engine's certificate (DOCKER_CERT_PATH is set, DOCKER_TLS_VERIFY "
+               "is not)" if os.environ.get("DOCKER_CERT_PATH", "").strip() else "in clear (plain HTTP)")
+        raise BackendUnavailable(
+            f"DOCKER_HOST={self.docker_host} would reach the engine {how}: refused, since anyone on the network "
+            f"path could read and change what pybox sends it",
+            f"{TLS_HINT}; or use DOCKER_HOST=ssh://USER@HOST. To accept it on a network you trust, set "
+            f"{INSECURE_ENGINE_ENV}=1")
 
     def engine_host(self) -> str | None:
         self._check_usable()
