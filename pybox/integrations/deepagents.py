@@ -166,7 +166,8 @@ class PyboxSandbox(BaseSandbox):
         if truncated:
             text += f"\n\n... Output truncated at {self.max_output_bytes} bytes."
         if timed_out:
-            text += f"\n\nError: Command timed out after {seconds:g} seconds."
+            note = f"Error: Command timed out after {seconds:g} seconds."
+            text = f"{text}\n\n{note}" if text else note
             exit_code = 124
         return ExecuteResponse(output=text, exit_code=exit_code, truncated=truncated)
 

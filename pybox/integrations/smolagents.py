@@ -137,22 +137,21 @@ class PyboxExecutor(RemotePythonExecutor):
             self.last_result = exc.result
             state = ("the kernel was restarted: its variables and imports are lost" if exc.restarted
                      else "the kernel was interrupted; its variables are kept")
-            raise AgentError(f"{_logs(exc.result)}\nCode execution timed out after {exc.timeout:g} seconds "
-                             f"({state}).", self.logger) from exc
+            raise AgentError(_after(exc.result, f"Code execution timed out after {exc.timeout:g} seconds ({state})."),
+                             self.logger) from exc
         except KernelDied as exc:
             if exc.result is not None:
                 self.last_result = exc.result
-            logs = _logs(exc.result) if exc.result is not None else ""
-            raise AgentError(f"{logs}\nThe sandbox's Python kernel died ({exc.reason}): its variables and "
-                             f"imports are lost.", self.logger) from exc
+            raise AgentError(_after(exc.result, f"The sandbox's Python kernel died ({exc.reason}): its variables "
+                                                "and imports are lost."), self.logger) from exc
         self.last_result = result
         logs = _logs(result)
         error = result.error
         if error is not None:
             if error.ename == self.FINAL_ANSWER_EXCEPTION:
                 return CodeOutput(output=self._decode_final_answer(error.evalue), logs=logs, is_final_answer=True)
-            raise AgentError(f"{logs}\nExecuting code yielded an error:\n"
-                             f"{error.traceback or f'{error.ename}: {error.evalue}'}", self.logger)
+            raise AgentError(_after(result, "Executing code yielded an error:\n"
+                                            f"{error.traceback or f'{error.ename}: {error.evalue}'}"), self.logger)
         return CodeOutput(output=_last_value(result), logs=logs, is_final_answer=False)
 
     def install_packages(self, additional_imports: list[str]) -> list[str]:
@@ -190,6 +189,12 @@ class PyboxExecutor(RemotePythonExecutor):
 def _logs(result: Result) -> str:
     """stdout and stderr in the order they were produced."""
     return "".join(output.text for output in result.outputs if isinstance(output, (Stdout, Stderr)))
+
+
+def _after(result: Result | None, message: str) -> str:
+    """``message`` after the step's logs (as smolagents' other executors put it)."""
+    logs = _logs(result) if result is not None else ""
+    return f"{logs}\n{message}" if logs else message
 
 
 def _last_value(result: Result) -> Any:
