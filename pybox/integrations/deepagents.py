@@ -57,13 +57,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from deepagents.backends.protocol import (
-    INVALID_PATH,
-    ExecuteResponse,
-    FileDownloadResponse,
-    FileUploadResponse,
-)
-from deepagents.backends.sandbox import BaseSandbox
+try:
+    from deepagents.backends.protocol import (
+        INVALID_PATH,
+        ExecuteResponse,
+        FileDownloadResponse,
+        FileUploadResponse,
+    )
+    from deepagents.backends.sandbox import BaseSandbox
+except ModuleNotFoundError as exc:  # name the extra, as pybox's backends do
+    raise ModuleNotFoundError(f"pybox.integrations.deepagents needs deepagents: pip install 'pybox[deepagents]' "
+                              f"({exc})", name=exc.name) from exc
 
 from pybox import ExecutionTimeout, InvalidArgument, KernelDied, PyboxError, Result, Sandbox
 

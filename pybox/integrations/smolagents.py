@@ -38,11 +38,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from smolagents.local_python_executor import CodeOutput
-from smolagents.monitoring import AgentLogger, LogLevel
-from smolagents.remote_executors import RemotePythonExecutor
-from smolagents.serialization import SafeSerializer
-from smolagents.utils import AgentError
+try:
+    from smolagents.local_python_executor import CodeOutput
+    from smolagents.monitoring import AgentLogger, LogLevel
+    from smolagents.remote_executors import RemotePythonExecutor
+    from smolagents.serialization import SafeSerializer
+    from smolagents.utils import AgentError
+except ModuleNotFoundError as exc:  # name the extra, as pybox's backends do
+    raise ModuleNotFoundError(f"pybox.integrations.smolagents needs smolagents: pip install 'pybox[smolagents]' "
+                              f"({exc})", name=exc.name) from exc
 
 from pybox import (
     DEFAULT_TIMEOUT,

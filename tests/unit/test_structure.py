@@ -294,3 +294,16 @@ def test_core_never_imports_the_adapters_or_their_frameworks():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('smolagents', 'deepagents', 'langchain')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("framework", ["smolagents", "deepagents"])
+def test_an_adapter_without_its_framework_names_the_extra(framework):
+    code = BLOCK_SDK.format(sdk=framework) + textwrap.dedent(f"""
+        try:
+            import pybox.integrations.{framework}
+        except ModuleNotFoundError as exc:
+            print(exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"pip install 'pybox[{framework}]'" in done.stdout
