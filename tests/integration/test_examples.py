@@ -1,5 +1,6 @@
 """Every example runs end to end and prints what it promises."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,7 +23,13 @@ EXPECTED = {
     "07_environment_variables.py": ["secret-value test"],
     "08_manual_lifecycle.py": ["second process read: hello"],
     "09_remote_docker_host.py": ["SENT OVER THE ARCHIVE API"],
+    "10_smolagents.py": ["count: 8", "NameError: name 'numbrs' is not defined", "3.875",
+                         "final answer: {'mean': 3.875, 'max': 9}"],
+    "11_deepagents.py": ["mean 3.875", "exit code 1]", "timed out after 1 seconds", "file_not_found",
+                         "['/app/stats.py']"],
 }
+# Examples of the agent framework adapters need their extra.
+FRAMEWORK = {"10_smolagents.py": "smolagents", "11_deepagents.py": "deepagents"}
 
 
 def test_every_example_is_listed():
@@ -35,6 +42,8 @@ def test_example(name, tmp_path):
         pytest.skip("needs the remote engine (integration-docker-remote)")
     if name in LOCAL_ONLY and BACKEND == "docker-remote":
         pytest.skip("host bind mounts need a local engine")
+    if name in FRAMEWORK and importlib.util.find_spec(FRAMEWORK[name]) is None:
+        pytest.skip(f"needs pybox[{FRAMEWORK[name]}]")
     env = {**os.environ, "PYBOX_BACKEND": BACKEND}
     out = subprocess.run([sys.executable, str(EXAMPLES / name), str(tmp_path / "out")], capture_output=True,
                          text=True, timeout=600, cwd=tmp_path, env=env)

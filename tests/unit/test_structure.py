@@ -264,3 +264,46 @@ def test_there_are_no_import_cycles_in_pybox():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no import cycles" in done.stdout
+
+
+# -- the agent framework adapters are outside core -------------------------------------------
+
+INTEGRATIONS = sorted((ROOT / "pybox" / "integrations").glob("[!_]*.py"))
+
+
+def test_there_are_agent_framework_adapters():
+    assert {p.stem for p in INTEGRATIONS} >= {"smolagents", "deepagents"}
+
+
+@pytest.mark.parametrize("path", INTEGRATIONS, ids=lambda p: p.stem)
+def test_an_adapter_uses_only_pybox_public_names(path):
+    source = path.read_text()
+    imported = re.findall(r"^from (pybox[\w.]*) import", source, re.M)
+    assert set(imported) == {"pybox"}, "only the top-level public names of pybox"
+    names = re.search(r"^from pybox import \(?([^)]*?)\)?$", source, re.M | re.S)
+    assert names and set(re.findall(r"\w+", names.group(1))) <= set(pybox.__all__)
+    assert not re.search(r"\b(?!self\b)\w+\._[a-z]", source), "private attribute of another object"
+
+
+def test_core_never_imports_the_adapters_or_their_frameworks():
+    core = [p for p in (ROOT / "pybox").rglob("*.py") if "integrations" not in p.parts]
+    offenders = [p.name for p in core if re.search(r"^\s*(from|import) (pybox\.integrations|smolagents|deepagents|"
+                                                   r"langchain)", p.read_text(), re.M)]
+    assert not offenders
+    code = ("import sys, pybox, pybox.integrations; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('smolagents', 'deepagents', 'langchain')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("framework", ["smolagents", "deepagents"])
+def test_an_adapter_without_its_framework_names_the_extra(framework):
+    code = BLOCK_SDK.format(sdk=framework) + textwrap.dedent(f"""
+        try:
+            import pybox.integrations.{framework}
+        except ModuleNotFoundError as exc:
+            print(exc)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"pip install 'pybox[{framework}]'" in done.stdout
