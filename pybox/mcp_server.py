@@ -562,15 +562,30 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(settings: ServerSettings, source: SandboxSource | None = None) -> None:
-    """Serve until the client leaves (stdio) or a signal; then remove every sandbox."""
+    """Serve until the client leaves (stdio) or SIGTERM / SIGINT; then remove every
+    sandbox (and, after a signal, end by it as the default handler would)."""
     server = PyboxMCP(settings, source)
+    received: list[int] = []
     try:
         if settings.transport == "stdio":
             anyio.run(_serve_stdio, server)
         else:
-            anyio.run(_serve_http, server)
+            # uvicorn handles the signals while it runs (a graceful shutdown), then puts the
+            # handlers it found back and raises the signal again: these record it, so that
+            # the sandboxes are removed before the process ends by it.
+            handled = (signal.SIGTERM, signal.SIGINT)
+            previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+                        for signum in handled}
+            try:
+                anyio.run(_serve_http, server)
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
     finally:
         server.close_all()
+    if received:
+        signal.signal(received[0], signal.SIG_DFL)
+        os.kill(os.getpid(), received[0])
 
 
 async def _serve_stdio(server: PyboxMCP) -> None:
@@ -578,9 +593,12 @@ async def _serve_stdio(server: PyboxMCP) -> None:
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 async for signum in signals:
-                    log.info("signal %d: stopping", signum)
-                    group.cancel_scope.cancel()
-                    return
+                    # The stdin reader sits in a thread no cancellation reaches: remove the
+                    # sandboxes now, then end by the signal as the default handler would.
+                    log.info("signal %d: removing the sandboxes and stopping", signum)
+                    await anyio.to_thread.run_sync(server.close_all)
+                    signal.signal(signum, signal.SIG_DFL)
+                    os.kill(os.getpid(), signum)
 
         group.start_soon(stop_on_signal)
         await server.mcp.run_stdio_async()
@@ -594,8 +612,9 @@ async def _serve_http(server: PyboxMCP) -> None:
     app = server.mcp.streamable_http_app(streamable_http_path=settings.path, host=settings.host,
                                          session_idle_timeout=settings.idle_timeout)
     guarded = HttpGuard(app, server, settings.token)
+    # Open streams (a session's GET stream) are cut after 5 s of a shutdown.
     config = uvicorn.Config(guarded, host=settings.host, port=settings.port, log_level="warning",
-                            lifespan="on")
+                            lifespan="on", timeout_graceful_shutdown=5)
     async with anyio.create_task_group() as group:
         async def sweep_idle() -> None:
             while True:

@@ -22,6 +22,9 @@ EXPECTED = {
     "07_environment_variables.py": ["secret-value test"],
     "08_manual_lifecycle.py": ["second process read: hello"],
     "09_remote_docker_host.py": ["SENT OVER THE ARCHIVE API"],
+    "10_mcp_session.py": ["-> tools/list", "execute_ipython_cell", "notifications/progress", "ZeroDivisionError",
+                          "image/png", "timed out after 2 s", "still here, x is 42", "characters truncated",
+                          "NameError", "session closed"],
 }
 
 
