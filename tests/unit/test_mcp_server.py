@@ -195,3 +195,14 @@ def test_http_guard_refuses_missing_and_wrong_tokens(mcp_server):
 
     anyio.run(run)
     assert reached == ["/mcp"]
+
+
+def test_without_the_extra_pybox_mcp_names_it(monkeypatch, capsys, fake_plugins):
+    import sys
+
+    for name in [n for n in sys.modules if n == "mcp" or n.startswith("mcp.")] + ["mcp"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if the SDK were not installed
+    monkeypatch.delitem(sys.modules, "pybox.mcp_server", raising=False)
+    monkeypatch.delattr(pybox, "mcp_server", raising=False)
+    assert main(["mcp"]) == 1
+    assert "pip install 'pybox[mcp]'" in capsys.readouterr().err
