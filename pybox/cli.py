@@ -197,14 +197,104 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _duration(text: str) -> float:
+def _duration(text: str, flag: str = "--older-than") -> float:
     """Seconds from ``90``, ``90s``, ``30m``, ``2h``, ``1d``."""
     import re
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
     if not match:
-        raise InvalidArgument(f"--older-than must be a duration such as 90s, 30m, 2h or 1d, not {text!r}")
+        raise InvalidArgument(f"{flag} must be a duration such as 90s, 30m, 2h or 1d, not {text!r}")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+# -- pybox mcp ---------------------------------------------------------------------------------
+
+MCP_EXTRA_HINT = "pybox mcp needs the MCP SDK: pip install 'pybox[mcp]'"
+
+
+def parse_env_flag(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> (KEY, VALUE); a bare ``KEY`` takes this process's value."""
+    key, sep, value = text.partition("=")
+    if not key:
+        raise InvalidArgument(f"--env must be KEY=VALUE or KEY, not {text!r}")
+    if not sep:
+        if key not in os.environ:
+            raise InvalidArgument(f"--env {key}: no value given and {key} is not set in this environment")
+        value = os.environ[key]
+    return key, value
+
+
+def parse_bind_flag(text: str) -> tuple[str, str]:
+    """``HOST_PATH:SANDBOX_PATH`` -> (HOST_PATH, SANDBOX_PATH); the sandbox path is
+    relative to /app (or absolute under it). The last colon splits."""
+    host, sep, target = text.rpartition(":")
+    if not sep or not host or not target:
+        raise InvalidArgument(f"--bind must be HOST_PATH:SANDBOX_PATH (e.g. ./data:data), not {text!r}")
+    return host, target
+
+
+def parse_network_flag(text: str) -> str | tuple[str, ...]:
+    """``default``, ``open``, ``none`` or a comma-separated allowlist."""
+    text = text.strip()
+    if text in ("default", "open", "none"):
+        return text
+    entries = tuple(entry.strip() for entry in text.split(",") if entry.strip())
+    if not entries:
+        raise InvalidArgument(f"--network must be default, open, none or a comma-separated list of "
+                              f"addresses, CIDRs and domains, not {text!r}")
+    return entries
+
+
+def mcp_sandbox_options(args: argparse.Namespace) -> Any:
+    """The SandboxOptions ``pybox mcp``'s flags ask for (checked by SandboxOptions)."""
+    from pybox.options import SandboxOptions
+    from pybox.spec import Limits
+
+    limits = Limits()
+    limits = Limits(memory=args.memory if args.memory is not None else limits.memory,
+                    cpus=args.cpus if args.cpus is not None else limits.cpus,
+                    pids=args.pids if args.pids is not None else limits.pids)
+    return SandboxOptions(image=args.image, backend=args.backend,
+                          binds=dict(parse_bind_flag(b) for b in args.bind or ()),  # type: ignore[arg-type]
+                          env=dict(parse_env_flag(e) for e in args.env or ()),
+                          limits=limits, read_only=args.read_only, network=parse_network_flag(args.network))
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from pybox import mcp_server
+    except ImportError as exc:
+        if exc.name is not None and (exc.name == "mcp" or exc.name.startswith("mcp.")):
+            print(f"{MCP_EXTRA_HINT} (import failed: {exc})", file=sys.stderr)
+            return 1
+        raise
+    options = mcp_sandbox_options(args)
+    allowed = []
+    for directory in args.allowed_dirs or ():
+        path = Path(directory).expanduser().resolve()
+        if not path.is_dir():
+            raise InvalidArgument(f"--allowed-dir {directory!r} is not a directory")
+        allowed.append(path)
+    settings = mcp_server.ServerSettings(options=options, transport=args.transport, host=args.host,
+                                         port=args.port, path=args.path, allowed_dirs=tuple(allowed),
+                                         idle_timeout=_duration(args.idle_timeout, "--idle-timeout"))
+    if args.transport == "http":
+        if not mcp_server.is_loopback(args.host) and not args.allow_remote:
+            raise InvalidArgument(f"--host {args.host} is not a loopback address: anyone who can reach it could "
+                                  f"run code in your sandboxes with the token; pass --allow-remote to bind it anyway")
+        if allowed and not mcp_server.is_loopback(args.host):
+            raise InvalidArgument("--allowed-dir is for clients on this machine: the file tools read and write "
+                                  "this machine's files, so they are offered on loopback binds only")
+        generated = False
+        if not args.no_token:
+            settings.token = args.token or mcp_server.default_token()
+            if settings.token is None:
+                settings.token, generated = mcp_server.new_token(), True
+        mcp_server.announce_http(settings, generated)
+    mcp_server.serve(settings)
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -263,6 +353,41 @@ def parser() -> argparse.ArgumentParser:
                          help="also remove such containers of this owner (host name, host:pid, or pybox session)")
     cleanup.add_argument("--json", action="store_true", help="machine-readable output")
     cleanup.set_defaults(func=_cleanup)
+
+    mcp = commands.add_parser("mcp", help="serve a sandbox per MCP session to MCP clients (needs pybox[mcp])",
+                              description="An MCP server with ipybox's tools (execute_ipython_cell, "
+                              "install_package, reset; upload_file/download_file with --allowed-dir), one "
+                              "sandbox per MCP session. stdio by default; --transport http serves streamable "
+                              "HTTP on loopback with a bearer token.")
+    mcp.add_argument("--transport", choices=("stdio", "http"), default="stdio",
+                     help="stdio (default; the client starts pybox mcp) or streamable HTTP")
+    mcp.add_argument("-b", "--backend", default=None, help="backend (default: PYBOX_BACKEND or docker)")
+    mcp.add_argument("--image", default=DEFAULT_IMAGE, help=f"sandbox image (default: {DEFAULT_IMAGE})")
+    mcp.add_argument("--network", default="default", metavar="POLICY",
+                     help="default (public internet only), open, none, or a comma-separated allowlist of "
+                          "addresses, CIDRs and domains")
+    mcp.add_argument("--memory", default=None, help="memory limit such as 512m or 2g (default: 2g)")
+    mcp.add_argument("--cpus", type=float, default=None, help="CPU limit in cores, e.g. 1.5 (default: none)")
+    mcp.add_argument("--pids", type=int, default=None, help="process limit (default: 1024)")
+    mcp.add_argument("--bind", action="append", metavar="HOST_PATH:SANDBOX_PATH",
+                     help="bind-mount a host path into the sandbox, under /app (repeatable)")
+    mcp.add_argument("--env", action="append", metavar="KEY[=VALUE]",
+                     help="environment variable of the sandbox; a bare KEY passes this process's value "
+                          "(repeatable)")
+    mcp.add_argument("--read-only", action="store_true", help="read-only root filesystem (/app stays writable)")
+    mcp.add_argument("--allowed-dir", action="append", dest="allowed_dirs", metavar="DIR",
+                     help="offer upload_file/download_file, confined to this host directory (repeatable)")
+    mcp.add_argument("--host", default="127.0.0.1", help="HTTP: address to bind (default: 127.0.0.1)")
+    mcp.add_argument("--port", type=int, default=8000, help="HTTP: port (default: 8000)")
+    mcp.add_argument("--path", default="/mcp", help="HTTP: endpoint path (default: /mcp)")
+    mcp.add_argument("--token", default=None, help="HTTP: bearer token clients must send (default: "
+                     "PYBOX_MCP_TOKEN, else one is generated and printed to stderr)")
+    mcp.add_argument("--no-token", action="store_true", help="HTTP: require no token (anyone who can reach "
+                     "the port runs code in your sandboxes)")
+    mcp.add_argument("--allow-remote", action="store_true", help="HTTP: allow binding a non-loopback address")
+    mcp.add_argument("--idle-timeout", default="30m", metavar="DURATION",
+                     help="HTTP: remove a session's sandbox after it is idle this long (default: 30m)")
+    mcp.set_defaults(func=_mcp)
     return root
 
 

@@ -27,6 +27,9 @@ EXPECTED = {
                          "final answer: {'mean': 3.875, 'max': 9}"],
     "11_deepagents.py": ["mean 3.875", "exit code 1]", "timed out after 1 seconds", "file_not_found",
                          "['/app/stats.py']"],
+    "12_mcp_session.py": ["-> tools/list", "execute_ipython_cell", "notifications/progress", "ZeroDivisionError",
+                          "image/png", "timed out after 2 s", "still here, x is 42", "characters truncated",
+                          "NameError", "session closed"],
 }
 # Examples of the agent framework adapters need their extra.
 FRAMEWORK = {"10_smolagents.py": "smolagents", "11_deepagents.py": "deepagents"}
