@@ -65,6 +65,38 @@ def test_read_only_root_keeps_app_writable(tmp_path):
         assert (tmp_path / "ok.txt").read_text() == "ok"
         r = sb.run("import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()")
         assert len(r.images) == 1
+        # The scratch mounts are the sandbox user's (the init gives them their owner on every
+        # engine): its site-packages, where `pip install` goes, is there and on sys.path,
+        # ahead of the image's root-owned venv.
+        where = sb.run("import os, site, sys\np = site.getusersitepackages()\n"
+                       "venv = [e for e in sys.path if e.startswith('/opt/pybox/lib')][0]\n"
+                       "print(os.access(p, os.W_OK), sys.path.index(p) < sys.path.index(venv), "
+                       "os.access(venv, os.W_OK), os.stat(os.path.expanduser('~/.config')).st_uid)").text
+        assert where == "True True False 1000"
+
+
+INSTALL_OFFLINE = '''
+import os, subprocess, sys
+os.makedirs('/tmp/pkg/pyboxdemo', exist_ok=True)
+open('/tmp/pkg/pyboxdemo/__init__.py', 'w').write('ANSWER = 42\\n')
+open('/tmp/pkg/pyproject.toml', 'w').write(
+    '[project]\\nname = "pyboxdemo"\\nversion = "1.0"\\n'
+    '[build-system]\\nrequires = ["setuptools"]\\nbuild-backend = "setuptools.build_meta"\\n')
+out = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--no-build-isolation', '/tmp/pkg'],
+                     capture_output=True, text=True)
+print(out.returncode, 'user installation' in out.stdout + out.stderr)
+import pyboxdemo
+print(pyboxdemo.ANSWER, pyboxdemo.__file__.startswith(os.path.expanduser('~/.local/')))
+'''
+
+
+def test_code_installs_packages_into_its_own_site_packages_and_imports_them_at_once():
+    # A package made in the sandbox and installed offline (no index): pip, run by the sandbox
+    # user, cannot write the image's venv and installs into the user's site-packages, which
+    # the running kernel imports from at once; on a read-only root too.
+    for read_only in (False, True):
+        with pybox.Sandbox(image=IMAGE, backend=BACKEND, read_only=read_only) as sb:
+            assert sb.run(INSTALL_OFFLINE, timeout=180).text.split() == ["0", "True", "42", "True"], read_only
 
 
 def test_default_limits_apply():
