@@ -36,7 +36,7 @@ KERNEL_USER = [
     "--ambient-caps=-all", "--bounding-set=-all", "--no-new-privs", "--",
     "/usr/bin/env", "-u", "JUPYTER_RUNTIME_DIR", "HOME=/home/sandbox", "USER=sandbox", "LOGNAME=sandbox",
     "IPYTHONDIR=/home/sandbox/.ipython",
-    "PATH=/opt/pybox/bin:/home/sandbox/.local/bin:/usr/local/bin:/usr/bin:/bin",
+    "PATH=/opt/pybox/bin:/home/sandbox/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 ]
 #: Mode of connection files: the kernel (the sandbox group) reads its own.
 CONNECTION_FILE_MODE = 0o640

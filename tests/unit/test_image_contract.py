@@ -43,7 +43,7 @@ def test_the_sandbox_user_and_the_gateway_user():
     assert contract.SANDBOX_GID == contract.SANDBOX_UID  # useradd's user-private group
     assert f"useradd --system --uid {contract.GATEWAY_UID} --gid {contract.GATEWAY_UID} --no-create-home " \
         f"--home-dir {contract.GATEWAY_HOME} --shell /usr/sbin/nologin {contract.GATEWAY_USER}" in dockerfile
-    assert f"install -d -o {contract.GATEWAY_UID} -g {contract.SANDBOX_GID} -m 2710 {contract.GATEWAY_HOME}" in dockerfile
+    assert f"install -d -o {contract.GATEWAY_UID} -g {contract.SANDBOX_GID} -m 3710 {contract.GATEWAY_HOME}" in dockerfile
     init = read("pybox-init")
     assert f"sandbox_uid={contract.SANDBOX_UID}\nsandbox_gid={contract.SANDBOX_GID}\n" in init
     assert f"gateway_uid={contract.GATEWAY_UID}\ngateway_gid={contract.GATEWAY_UID}\n" in init
