@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from pybox import image_contract as contract
 
 SANDBOX = Path(__file__).resolve().parents[2] / "images" / "sandbox"
@@ -43,7 +41,8 @@ def test_the_sandbox_user_and_the_gateway_user():
     assert contract.SANDBOX_GID == contract.SANDBOX_UID  # useradd's user-private group
     assert f"useradd --system --uid {contract.GATEWAY_UID} --gid {contract.GATEWAY_UID} --no-create-home " \
         f"--home-dir {contract.GATEWAY_HOME} --shell /usr/sbin/nologin {contract.GATEWAY_USER}" in dockerfile
-    assert f"install -d -o {contract.GATEWAY_UID} -g {contract.SANDBOX_GID} -m 3710 {contract.GATEWAY_HOME}" in dockerfile
+    home = f"install -d -o {contract.GATEWAY_UID} -g {contract.SANDBOX_GID} -m 3710 {contract.GATEWAY_HOME}"
+    assert home in dockerfile
     init = read("pybox-init")
     assert f"sandbox_uid={contract.SANDBOX_UID}\nsandbox_gid={contract.SANDBOX_GID}\n" in init
     assert f"gateway_uid={contract.GATEWAY_UID}\ngateway_gid={contract.GATEWAY_UID}\n" in init
@@ -107,7 +106,8 @@ def test_scratch_mounts_are_where_the_image_writes_at_run_time():
     assert "/tmp" in paths and contract.GATEWAY_HOME in paths
     owned = [path for path, _size, owned in contract.SCRATCH_MOUNTS if owned]
     for path in paths:
-        assert path in ("/tmp", contract.GATEWAY_HOME) or (path.startswith(contract.SANDBOX_HOME + "/") and path in owned)
+        in_home = path.startswith(contract.SANDBOX_HOME + "/") and path in owned
+        assert path in ("/tmp", contract.GATEWAY_HOME) or in_home
     # the init gives them their owners, on engines that mount them root's
     assert "sandbox_scratch=(" + " ".join(owned) + ")\n" in read("pybox-init")
 
