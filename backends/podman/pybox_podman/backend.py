@@ -244,7 +244,10 @@ class PodmanBackend(Backend):
     def _inspect(self, container_id: str, action: str) -> dict[str, Any] | None:
         with self._errors(action):
             response = self.api.get(f"/containers/{quote(container_id, safe='')}/json")
-            if response.status_code == 404:
+            # Podman 4 answers 500 "... does not exist in database: no such container" for a
+            # container removed while it looked it up: gone, as a 404 says.
+            if response.status_code == 404 or (response.status_code >= 400
+                                               and "no such container" in _message(response).lower()):
                 return None
             response.raise_for_status()
             return response.json()  # type: ignore[no-any-return]
