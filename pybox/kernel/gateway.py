@@ -149,7 +149,9 @@ class Gateway:
             if self.ready(timeout=max(0.2, min(2.0, deadline - time.monotonic()))):
                 return
             if time.monotonic() >= deadline:
-                raise ChannelError(f"kernel gateway at {self.base_url} did not become ready")
+                hint = ("" if self.ssl_context is not None else
+                        " (a sandbox on a remote engine speaks TLS: pass its gateway_certificate)")
+                raise ChannelError(f"kernel gateway at {self.base_url} did not become ready{hint}")
             time.sleep(interval)
 
     def wait_until_ready(self, deadline: float, check_alive: Callable[[], None] | None = None) -> bool:

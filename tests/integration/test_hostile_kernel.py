@@ -183,7 +183,8 @@ def test_keepalive_ends_a_run_without_timeout_when_the_gateway_stops_answering(s
     monkeypatch.setattr(channel_module, "PONG_TIMEOUT", 1.0)
     proxy = _PausableProxy(sandbox.host, sandbox.port)
     try:
-        with pybox.Kernel.connect("127.0.0.1", proxy.port, sandbox.token) as kernel:
+        with pybox.Kernel.connect("127.0.0.1", proxy.port, sandbox.token,
+                                  certificate=sandbox.gateway_certificate) as kernel:
             assert kernel.run("print('through the proxy')").text == "through the proxy"
             execution = kernel.submit("import time\ntime.sleep(30)")
             time.sleep(0.5)

@@ -74,7 +74,8 @@ MISUSES = [
     ("module-sources-a-string", lambda sb, tmp: sb.module_sources("json"), pybox.InvalidArgument, ["json"]),
     ("startup-code-not-a-string", lambda sb, tmp: sandbox(startup_code=1), pybox.InvalidArgument,
      ["startup_code"]),
-    ("connect-wrong-token", lambda sb, tmp: pybox.Kernel.connect(sb.host, sb.port, "wrong", timeout=30),
+    ("connect-wrong-token", lambda sb, tmp: pybox.Kernel.connect(sb.host, sb.port, "wrong", timeout=30,
+                                                                  certificate=sb.gateway_certificate),
      pybox.ChannelError, ["token"]),
     ("connect-bad-port", lambda sb, tmp: pybox.Kernel.connect("127.0.0.1", True, "t"), pybox.InvalidArgument,
      ["port"]),
@@ -155,5 +156,6 @@ def test_a_busy_port_leaves_the_sandbox_holding_it_reachable(shared):
     # Podman 4.3 tore down the holder's port forwarding when a second start failed on it.
     with pytest.raises(pybox.BackendError, match="in use"):
         start(port=shared.port)
-    with pybox.Kernel.connect(shared.host, shared.port, shared.token, timeout=30) as kernel:
+    with pybox.Kernel.connect(shared.host, shared.port, shared.token, timeout=30,
+                              certificate=shared.gateway_certificate) as kernel:
         assert kernel.run("print('reachable')").text == "reachable"

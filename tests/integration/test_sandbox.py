@@ -156,21 +156,27 @@ def test_cancel_from_another_thread(sandbox):
 
 
 def test_gateway_refuses_requests_without_the_token(sandbox):
-    base = f"http://{sandbox.host}:{sandbox.port}"
-    assert requests.get(f"{base}/api/kernels", timeout=5).status_code in (401, 403)
+    # A remote sandbox's gateway speaks TLS with its own certificate (pybox.tls; its
+    # pinning is test_docker_remote's): here only the token matters.
+    scheme, verify = ("https", False) if sandbox.gateway_certificate is not None else ("http", True)
+    base = f"{scheme}://{sandbox.host}:{sandbox.port}"
+    assert requests.get(f"{base}/api/kernels", timeout=5, verify=verify).status_code in (401, 403)
     wrong = {"Authorization": "token not-the-token"}
-    assert requests.get(f"{base}/api/kernels", headers=wrong, timeout=5).status_code in (401, 403)
+    assert requests.get(f"{base}/api/kernels", headers=wrong, timeout=5, verify=verify).status_code in (401, 403)
     right = {"Authorization": f"token {sandbox.token}"}
-    assert requests.get(f"{base}/api/kernels", headers=right, timeout=5).status_code == 200
+    assert requests.get(f"{base}/api/kernels", headers=right, timeout=5, verify=verify).status_code == 200
 
 
 def test_websocket_refuses_connections_without_the_token(sandbox):
+    import ssl
+
     import websocket
 
     kernel_id = sandbox.default_kernel.id
-    url = f"ws://{sandbox.host}:{sandbox.port}/api/kernels/{kernel_id}/channels"
+    scheme = "wss" if sandbox.gateway_certificate is not None else "ws"
+    url = f"{scheme}://{sandbox.host}:{sandbox.port}/api/kernels/{kernel_id}/channels"
     with pytest.raises(websocket.WebSocketBadStatusException):
-        websocket.create_connection(url, timeout=5)
+        websocket.create_connection(url, timeout=5, sslopt={"cert_reqs": ssl.CERT_NONE})
 
 
 def test_code_runs_as_non_root(sandbox):
@@ -179,7 +185,8 @@ def test_code_runs_as_non_root(sandbox):
 
 
 def test_kernel_connect_attaches_to_a_running_sandbox(sandbox):
-    with pybox.Kernel.connect(sandbox.host, sandbox.port, sandbox.token) as kernel:
+    with pybox.Kernel.connect(sandbox.host, sandbox.port, sandbox.token,
+                              certificate=sandbox.gateway_certificate) as kernel:
         assert kernel.run("print(2 + 3)").text == "5"
 
 
