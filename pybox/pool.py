@@ -7,8 +7,10 @@ same owner labels, is closed by the same process hooks and reaped the same way.
 
 Threads. ``max_starting`` starter threads each start one sandbox at a time while the
 pool holds fewer than ``size`` ready or starting ones, so at most ``max_starting``
-containers boot at once (refills never flood the engine or the machine), and wait
-``backoff_delay(failures)`` after consecutive failures (a down engine is not hammered).
+containers boot at once (refills never flood the engine or the machine). A refill waits
+``REFILL_PAUSE`` after a hand-out unless someone is waiting for a sandbox (the caller's
+first executions do not compete with a container boot), and ``backoff_delay(failures)``
+after consecutive failed starts (a down engine is not hammered).
 One janitor thread destroys returned sandboxes (so ``release`` does not wait for the
 engine) and looks at the ready ones every ``HEALTH_INTERVAL`` seconds. The threads hold
 the pool's state (``_PoolState``), never the ``Pool`` itself, so a forgotten pool is
@@ -54,6 +56,9 @@ DEFAULT_MAX_STARTING = 2
 HEALTH_INTERVAL = 5.0
 #: Seconds one liveness check may take (the gateway answers a live one in milliseconds).
 HEALTH_TIMEOUT = 1.0
+#: Seconds a refill waits after a hand-out while no one waits for a sandbox: the caller's
+#: first executions run while the machine is not also booting a container.
+REFILL_PAUSE = 0.5
 #: Backoff after consecutive failed starts: the first wait, doubled each time up to the last.
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -132,6 +137,8 @@ class _PoolState:
         self.dead = 0
         self.failures_in_a_row = 0
         self.next_start_at = 0.0  # monotonic; after failures, not before then
+        self.handed_out_at = float("-inf")  # monotonic, the last hand-out (see REFILL_PAUSE)
+        self.waiting = 0  # acquirers waiting for a sandbox
         self.last_error: BaseException | None = None
         self.started = False
         self.closed = False
@@ -196,10 +203,16 @@ class _PoolState:
                         assert timeout is not None
                         error = self._timeout_error(timeout)
                         raise error from error.last_error
-                    self.cond.wait(remaining)
+                    self.waiting += 1
+                    self.cond.notify_all()  # someone waits: refills start without a pause
+                    try:
+                        self.cond.wait(remaining)
+                    finally:
+                        self.waiting -= 1
                 warm = self.ready.popleft()
                 self.in_use.add(warm.sandbox)
-                self.cond.notify_all()  # a starter may refill now
+                self.handed_out_at = time.monotonic()
+                self.cond.notify_all()  # a starter may refill (after the pause)
             if _alive(warm, HEALTH_TIMEOUT):
                 return warm.sandbox
             log.warning("pool: sandbox %s was dead when handed out; discarded and replaced",
@@ -256,7 +269,10 @@ class _PoolState:
                         return
                     wait: float | None = None
                     if len(self.ready) + self.starting < self.size:
-                        wait = self.next_start_at - time.monotonic()
+                        not_before = self.next_start_at
+                        if not self.waiting:
+                            not_before = max(not_before, self.handed_out_at + REFILL_PAUSE)
+                        wait = not_before - time.monotonic()
                         if wait <= 0:
                             break
                     self.cond.wait(wait)
