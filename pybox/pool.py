@@ -9,8 +9,10 @@ Threads. ``max_starting`` starter threads each start one sandbox at a time while
 pool holds fewer than ``size`` ready or starting ones, so at most ``max_starting``
 containers boot at once (refills never flood the engine or the machine). A refill waits
 ``REFILL_PAUSE`` after a hand-out unless someone is waiting for a sandbox (the caller's
-first executions do not compete with a container boot), and ``backoff_delay(failures)``
-after consecutive failed starts (a down engine is not hammered).
+first executions do not compete with a container boot), while more than
+``max_starting`` returned sandboxes wait for removal (the containers alive stay bounded),
+and ``backoff_delay(failures)`` after consecutive failed starts (a down engine is not
+hammered).
 One janitor thread destroys returned sandboxes (so ``release`` does not wait for the
 engine) and looks at the ready ones every ``HEALTH_INTERVAL`` seconds. The threads hold
 the pool's state (``_PoolState``), never the ``Pool`` itself, so a forgotten pool is
@@ -268,7 +270,8 @@ class _PoolState:
                     if self.closed:
                         return
                     wait: float | None = None
-                    if len(self.ready) + self.starting < self.size:
+                    # Removals first when they lag: the containers alive stay bounded.
+                    if len(self.ready) + self.starting < self.size and len(self.doomed) <= self.max_starting:
                         not_before = self.next_start_at
                         if not self.waiting:
                             not_before = max(not_before, self.handed_out_at + REFILL_PAUSE)
@@ -341,13 +344,15 @@ class _PoolState:
                                         (warm.sandbox.id or "")[:12])
 
     def _destroy(self, sandbox: Sandbox) -> None:
+        removed = False
         try:
             sandbox.close()
+            removed = True
         except Exception as exc:  # the engine's trouble: the others are still destroyed
             log.warning("pool: could not remove sandbox %s: %s", (sandbox.id or "")[:12], exc)
-            return
         with self.cond:
-            self.destroyed += 1
+            self.destroyed += removed
+            self.cond.notify_all()  # a starter may wait for the removals to catch up
 
 
 class Pool:
