@@ -206,7 +206,8 @@ class _PoolState:
                         error = self._timeout_error(timeout)
                         raise error from error.last_error
                     self.waiting += 1
-                    self.cond.notify_all()  # someone waits: refills start without a pause
+                    if self.waiting == 1:
+                        self.cond.notify_all()  # someone waits now: refills start without a pause
                     try:
                         self.cond.wait(remaining)
                     finally:
@@ -220,11 +221,14 @@ class _PoolState:
             log.warning("pool: sandbox %s was dead when handed out; discarded and replaced",
                         (warm.sandbox.id or "")[:12])
             with self.cond:
-                self.in_use.discard(warm.sandbox)
                 self.dead += 1
-                self._doom_locked(warm.sandbox)
+            self._give_back(warm.sandbox)
 
     def release(self, sandbox: Sandbox) -> None:
+        self._give_back(sandbox)
+
+    def _give_back(self, sandbox: Sandbox) -> None:
+        """An in-use sandbox is done: the janitor destroys it, or this thread once the pool is closed."""
         with self.cond:
             if sandbox not in self.in_use:
                 raise InvalidArgument(f"{sandbox!r} is not in use from this pool (released already, or acquired "
@@ -233,7 +237,7 @@ class _PoolState:
             if not self.closed:
                 self._doom_locked(sandbox)
                 return
-        self._destroy(sandbox)  # the janitor is gone: here and now
+        self._destroy(sandbox)
 
     def _doom_locked(self, sandbox: Sandbox) -> None:
         self.doomed.append(sandbox)
