@@ -116,9 +116,12 @@ def test_a_missing_image_times_out_naming_the_image():
     assert pool.stats().last_error and image in pool.stats().last_error
 
 
-@pytest.mark.skipif(BACKEND != "docker", reason="points the docker backend at a socket where no engine runs")
+ENGINE_ADDRESS = {"docker": "DOCKER_HOST", "podman": "CONTAINER_HOST"}
+
+
+@pytest.mark.skipif(BACKEND not in ENGINE_ADDRESS, reason="the backend is not pointed at an address in the environment")
 def test_a_down_engine_times_out_naming_it(monkeypatch, tmp_path):
-    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    monkeypatch.setenv(ENGINE_ADDRESS[BACKEND], f"unix://{tmp_path}/no-engine.sock")  # no engine there
     with pybox.Pool(size=1, image=IMAGE, backend=BACKEND) as pool:
         with pytest.raises(pybox.PoolTimeout, match="BackendUnavailable") as info:
             pool.acquire(timeout=2)
