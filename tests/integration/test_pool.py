@@ -3,6 +3,9 @@ acquirers, start failures named, dead sandboxes replaced, nothing left after clo
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -193,3 +196,35 @@ def test_a_bad_option_is_refused_when_the_pool_is_made(engine):
     with pytest.raises(pybox.InvalidArgument, match="max_output"):
         pybox.Pool(size=2, image=IMAGE, backend=BACKEND, max_output=5)
     assert containers_of_this_process(engine) == before
+
+
+# A client that fills a pool, takes one sandbox and ends without closing anything.
+POOL_CLIENT = """
+import sys, time, pybox
+from pybox.ownership import SESSION
+pool = pybox.Pool(size=2, image=sys.argv[1], backend=sys.argv[2]).start()
+held = pool.acquire(timeout=120)
+while pool.stats().ready < 2:
+    time.sleep(0.05)
+print(SESSION, flush=True)
+if sys.argv[3] == "sigterm":
+    time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("end", ["exit", "sigterm"])
+def test_process_end_removes_every_container_of_the_pool(engine, end):
+    client = subprocess.Popen([sys.executable, "-c", POOL_CLIENT, IMAGE, BACKEND, end], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        session = client.stdout.readline().strip()
+        assert session, "the client did not fill its pool"
+        assert len(engine.list_containers({LABEL: "1", SESSION_LABEL: session})) == 3
+        if end == "sigterm":
+            client.send_signal(signal.SIGTERM)
+        client.wait(timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert engine.list_containers({LABEL: "1", SESSION_LABEL: session}) == []
