@@ -7,12 +7,15 @@ same owner labels, is closed by the same process hooks and reaped the same way.
 
 Threads. ``max_starting`` starter threads each start one sandbox at a time while the
 pool holds fewer than ``size`` ready or starting ones, so at most ``max_starting``
-containers boot at once (refills never flood the engine or the machine). A refill waits
-``REFILL_PAUSE`` after a hand-out unless someone is waiting for a sandbox (the caller's
-first executions do not compete with a container boot), while more than
-``max_starting`` returned sandboxes wait for removal (the containers alive stay bounded),
-and ``backoff_delay(failures)`` after consecutive failed starts (a down engine is not
-hammered).
+containers boot at once (refills never flood the engine or the machine). A start waits:
+
+- ``REFILL_PAUSE`` after the hand-out it replaces, unless someone is waiting for a
+  sandbox (the caller's first executions do not compete with a container boot);
+- while more than ``max_starting`` returned sandboxes wait for removal (the containers
+  alive stay bounded);
+- ``backoff_delay(failures)`` after consecutive failed starts (a down engine is not
+  hammered).
+
 One janitor thread destroys returned sandboxes (so ``release`` does not wait for the
 engine) and looks at the ready ones every ``HEALTH_INTERVAL`` seconds. The threads hold
 the pool's state (``_PoolState``), never the ``Pool`` itself, so a forgotten pool is
@@ -139,7 +142,7 @@ class _PoolState:
         self.dead = 0
         self.failures_in_a_row = 0
         self.next_start_at = 0.0  # monotonic; after failures, not before then
-        self.handed_out_at = float("-inf")  # monotonic, the last hand-out (see REFILL_PAUSE)
+        self.refills_due: deque[float] = deque()  # monotonic, per hand-out not refilled yet (REFILL_PAUSE)
         self.waiting = 0  # acquirers waiting for a sandbox
         self.last_error: BaseException | None = None
         self.started = False
@@ -214,7 +217,7 @@ class _PoolState:
                         self.waiting -= 1
                 warm = self.ready.popleft()
                 self.in_use.add(warm.sandbox)
-                self.handed_out_at = time.monotonic()
+                self.refills_due.append(time.monotonic() + REFILL_PAUSE)
                 self.cond.notify_all()  # a starter may refill (after the pause)
             if _alive(warm, HEALTH_TIMEOUT):
                 return warm.sandbox
@@ -274,15 +277,20 @@ class _PoolState:
                     if self.closed:
                         return
                     wait: float | None = None
+                    need = self.size - len(self.ready) - self.starting
+                    while len(self.refills_due) > max(need, 0):
+                        self.refills_due.popleft()
                     # Removals first when they lag: the containers alive stay bounded.
-                    if len(self.ready) + self.starting < self.size and len(self.doomed) <= self.max_starting:
+                    if need > 0 and len(self.doomed) <= self.max_starting:
                         not_before = self.next_start_at
-                        if not self.waiting:
-                            not_before = max(not_before, self.handed_out_at + REFILL_PAUSE)
+                        if not self.waiting and len(self.refills_due) == need:  # every start needed waits a pause
+                            not_before = max(not_before, self.refills_due[0])
                         wait = not_before - time.monotonic()
                         if wait <= 0:
                             break
                     self.cond.wait(wait)
+                if len(self.refills_due) == need:  # this start refills the oldest hand-out
+                    self.refills_due.popleft()
                 self.starting += 1
             warm: _Warm | None = None
             error: BaseException | None = None
