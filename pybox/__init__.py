@@ -26,6 +26,7 @@ from pybox.errors import (
     InvalidArgument,
     KernelDied,
     KernelError,
+    PoolTimeout,
     PyboxError,
     SandboxClosed,
     StartupTimeout,
@@ -39,6 +40,7 @@ from pybox.kernel.execution import Execution
 from pybox.options import SandboxOptions
 from pybox.outputs import DisplayData, ErrorOutput, ExecuteResult, Output, Result, Stderr, Stdout
 from pybox.ownership import disable_process_hooks
+from pybox.pool import Pool, PoolStats
 from pybox.sandbox import Sandbox
 
 __all__ = [
@@ -69,6 +71,9 @@ __all__ = [
     "LaunchPlan",
     "Limits",
     "Output",
+    "Pool",
+    "PoolStats",
+    "PoolTimeout",
     "PullProgress",
     "PyboxError",
     "Result",

@@ -208,6 +208,20 @@ class ExecutionTimeout(PyboxError, TimeoutError):
         super().__init__(f"execution timed out after {timeout:g} s; {what}")
 
 
+class PoolTimeout(PyboxError, TimeoutError):
+    """No sandbox of a ``pybox.Pool`` became ready within ``acquire``'s ``timeout``.
+    The message says why: the pool's starts failing (``last_error``, also the
+    ``__cause__``: e.g. BackendUnavailable when the engine is down, ImageNotFound naming
+    the image), starts still in progress, or every sandbox in use. ``stats`` is the
+    pool's ``PoolStats`` at that moment. Also a ``TimeoutError``."""
+
+    def __init__(self, message: str, timeout: float, last_error: BaseException | None = None, stats: Any = None):
+        self.timeout = timeout
+        self.last_error = last_error
+        self.stats = stats
+        super().__init__(message)
+
+
 class ExecutionError(PyboxError):
     """The user's code raised. ``ename``, ``evalue`` and ``traceback`` (a string
     without ANSI colour codes) describe it; ``result`` holds the output produced
