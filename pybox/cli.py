@@ -279,7 +279,10 @@ def _mcp(args: argparse.Namespace) -> int:
         allowed.append(path)
     settings = mcp_server.ServerSettings(options=options, transport=args.transport, host=args.host,
                                          port=args.port, path=args.path, allowed_dirs=tuple(allowed),
-                                         idle_timeout=_duration(args.idle_timeout, "--idle-timeout"))
+                                         idle_timeout=_duration(args.idle_timeout, "--idle-timeout"),
+                                         pool=args.pool)
+    if args.pool < 0:
+        raise InvalidArgument(f"--pool must be 0 (no pool) or a number of sandboxes, got {args.pool}")
     if args.transport == "http":
         if not mcp_server.is_loopback(args.host) and not args.allow_remote:
             raise InvalidArgument(f"--host {args.host} is not a loopback address: anyone who can reach it could "
@@ -375,6 +378,8 @@ def parser() -> argparse.ArgumentParser:
                      help="environment variable of the sandbox; a bare KEY passes this process's value "
                           "(repeatable)")
     mcp.add_argument("--read-only", action="store_true", help="read-only root filesystem (/app stays writable)")
+    mcp.add_argument("--pool", type=int, default=0, metavar="N",
+                     help="keep N sandboxes started, so that a new session gets one at once (default: 0)")
     mcp.add_argument("--allowed-dir", action="append", dest="allowed_dirs", metavar="DIR",
                      help="offer upload_file/download_file, confined to this host directory (repeatable)")
     mcp.add_argument("--host", default="127.0.0.1", help="HTTP: address to bind (default: 127.0.0.1)")

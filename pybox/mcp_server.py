@@ -89,6 +89,9 @@ class SandboxSource(Protocol):
 
     def release(self, sandbox: pybox.Sandbox) -> None: ...
 
+    def close(self) -> None:
+        """The server stops: remove what the source holds besides the sessions' sandboxes."""
+
 
 @dataclass
 class FreshSandboxes:
@@ -102,10 +105,32 @@ class FreshSandboxes:
     def release(self, sandbox: pybox.Sandbox) -> None:
         sandbox.close()
 
+    def close(self) -> None:
+        pass  # holds nothing but the sessions' sandboxes
 
-def sandbox_source(options: pybox.SandboxOptions) -> SandboxSource:
-    """Where sessions' sandboxes come from (the one place a pool would be wired in)."""
-    return FreshSandboxes(options)
+
+class PooledSandboxes:
+    """Sandboxes from a warm pool (``--pool N``): a session gets a started one at once;
+    it is removed at the session's end (never handed to another) and the pool starts
+    a replacement."""
+
+    def __init__(self, options: pybox.SandboxOptions, size: int):
+        self.pool = pybox.Pool(size=size, options=options).start()
+
+    def acquire(self) -> pybox.Sandbox:
+        return self.pool.acquire(timeout=self.pool.options.startup_timeout)
+
+    def release(self, sandbox: pybox.Sandbox) -> None:
+        self.pool.release(sandbox)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def sandbox_source(options: pybox.SandboxOptions, pool: int = 0) -> SandboxSource:
+    """Where sessions' sandboxes come from: a fresh sandbox each, or a warm pool of
+    ``pool`` sandboxes."""
+    return PooledSandboxes(options, pool) if pool else FreshSandboxes(options)
 
 
 # -- turning pybox's outcomes into MCP content ------------------------------------------------
@@ -197,6 +222,8 @@ class ServerSettings:
     #: Host directories ``upload_file`` / ``download_file`` may touch; none: no file tools.
     allowed_dirs: tuple[Path, ...] = ()
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    #: Sandboxes kept started for new sessions (``--pool N``); 0: each session starts one.
+    pool: int = 0
 
 
 class PyboxMCP:
@@ -204,7 +231,7 @@ class PyboxMCP:
 
     def __init__(self, settings: ServerSettings, source: SandboxSource | None = None):
         self.settings = settings
-        self.source = source if source is not None else sandbox_source(settings.options)
+        self.source = source if source is not None else sandbox_source(settings.options, settings.pool)
         self.sessions: dict[str, Session] = {}
         self._closed_keys: set[str] = set()
         self._lock = threading.Lock()
@@ -273,6 +300,7 @@ class PyboxMCP:
     def close_all(self) -> None:
         for key in list(self.sessions):
             self.close_session(key)
+        self.source.close()  # a pool's sandboxes kept ready go too
 
     def idle_sessions(self, now: float) -> list[str]:
         with self._lock:

@@ -388,3 +388,28 @@ def test_a_sigtermed_stdio_server_removes_its_sandbox(engine):
     except Exception:  # the server went away under the open session: expected
         pass
     assert stopped == [True]
+
+
+def test_a_pooled_server_hands_sessions_started_sandboxes_and_removes_them_all(engine):
+    """`--pool 2`: sandboxes are started before any session asks; the session's first cell
+    runs in one of them; when the client leaves, the pool's ready sandboxes go too."""
+    seen = {}
+
+    async def main():
+        async with stdio_session("--pool", "2") as session:
+            pid = server_pid()
+            # The pool fills before any tool call (nothing else would start a sandbox now).
+            seen["filled"] = await anyio.to_thread.run_sync(lambda: wait_until(
+                lambda: len(containers_of(engine, pid)) >= 2, 120))
+            before = set(containers_of(engine, pid))
+            assert text_of(await cell(session, "x = 41\nprint(x + 1)")) == "42"
+            assert text_of(await cell(session, "print(x)")) == "41"  # one sandbox for the session
+            seen["pid"] = pid
+            seen["before"] = before
+            seen["used"] = text_of(await cell(session, "import socket; print(socket.gethostname())"))
+
+    anyio.run(main)
+    assert seen["filled"]
+    assert any(container.startswith(seen["used"]) for container in seen["before"]), (seen["used"], seen["before"])
+    # The client left: the server removed the session's sandbox and the pool's ready ones.
+    assert wait_until(lambda: containers_of(engine, seen["pid"]) == [], 60)

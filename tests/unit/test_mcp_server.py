@@ -69,6 +69,14 @@ def test_bad_sandbox_flags_are_named(fake_plugins, capsys):
         mcp_sandbox_options(parser().parse_args(["mcp", "--bind", "/no/such/dir:x"]))
 
 
+def test_a_negative_pool_is_refused_before_anything_starts(capsys):
+    pytest.importorskip("mcp")
+    from pybox.cli import main
+
+    assert main(["mcp", "--pool", "-1"]) != 0
+    assert "--pool must be 0 (no pool) or a number of sandboxes, got -1" in capsys.readouterr().err
+
+
 def test_core_never_imports_the_mcp_sdk():
     for path in sorted((ROOT / "pybox").rglob("*.py")):
         if path.name == "mcp_server.py":
