@@ -226,8 +226,7 @@ class Sandbox:
                 except BackendError:
                     self._check_alive()  # exited already (e.g. its init failed): say why, with its logs
                     raise
-                context = self._certificate.client_context() if self._certificate is not None else None
-                self._gateway = Gateway(endpoint.host, endpoint.port, self.token, ssl_context=context)
+                self._gateway = Gateway(endpoint.host, endpoint.port, self.token, certificate=self._certificate)
                 self._wait_for_gateway(deadline)
             except BaseException as exc:
                 log.warning("sandbox container %s failed to start: %s", self.id[:12], exc)

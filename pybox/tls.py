@@ -9,6 +9,7 @@ handshake, and the token (sent only after it) never crosses the network in clear
 from __future__ import annotations
 
 import datetime
+import hashlib
 import secrets
 import select
 import socket
@@ -65,15 +66,30 @@ class GatewayCertificate:
                                       serialization.NoEncryption()).decode("ascii"),
         )
 
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the certificate (DER), hex: what the peer must present, exactly."""
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(self.cert_pem)).hexdigest()
+
     def client_context(self) -> ssl.SSLContext:
-        """A client context that trusts this certificate only (pinned: no name check,
-        no other CA)."""
+        """A new client context that trusts this certificate only (no name check, no
+        other CA). New each time: HTTP libraries load CA bundles into the context they
+        are given, so one must never be shared; ``check_peer`` is the second lock."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.check_hostname = False
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cadata=self.cert_pem)
         return context
+
+    def check_peer(self, sock: ssl.SSLSocket) -> None:
+        """Raise ssl.SSLCertVerificationError unless the peer presented exactly this
+        certificate (whatever the context came to trust)."""
+        der = sock.getpeercert(binary_form=True)
+        if der is None or hashlib.sha256(der).hexdigest() != self.fingerprint:
+            error = ssl.SSLCertVerificationError("the peer's certificate is not the pinned one")
+            error.verify_message = "certificate fingerprint mismatch"
+            raise error
 
 
 class SerializedTLSSocket:

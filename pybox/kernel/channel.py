@@ -49,7 +49,7 @@ import websocket
 from pybox.errors import ChannelError, InvalidArgument, KernelError
 from pybox.kernel import messages
 from pybox.kernel.messages import Message
-from pybox.tls import SerializedTLSSocket
+from pybox.tls import GatewayCertificate, SerializedTLSSocket
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class KernelChannel:
         ping_interval: float | None = None,
         pong_timeout: float | None = None,
         send_timeout: float | None = None,
-        ssl_context: ssl.SSLContext | None = None,
+        certificate: GatewayCertificate | None = None,
     ):
         self.url = url
         self.max_message_bytes = MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
@@ -116,7 +116,7 @@ class KernelChannel:
         self.closed = False
         self._drops = messages.DropLog(log, f"kernel websocket {url}")
         self.handler_errors = 0  # exceptions out of a sink (bugs): the channel goes on
-        self._sock, leftover = _open_websocket(url, token, connect_timeout, ssl_context)
+        self._sock, leftover = _open_websocket(url, token, connect_timeout, certificate)
         self._rbuf = bytearray(leftover)
         # The socket's timeout is the reader's tick: it wakes that often to keep the
         # connection alive (and the senders retry through it, see _send_frame).
@@ -409,11 +409,12 @@ class KernelChannel:
 
 
 def _open_websocket(url: str, token: str, timeout: float,
-                    ssl_context: ssl.SSLContext | None = None) -> tuple[socket.socket | SerializedTLSSocket, bytes]:
+                    certificate: GatewayCertificate | None = None) -> tuple[socket.socket | SerializedTLSSocket, bytes]:
     """Connect and upgrade to a websocket (RFC 6455) with the token; the socket and any
     bytes the gateway sent after its answer. The answer is bounded in size and time.
-    ``wss://`` URLs go through TLS with ``ssl_context`` (a sandbox's pinned certificate)
-    before anything is sent; the socket is then a SerializedTLSSocket."""
+    ``wss://`` URLs go through TLS trusting ``certificate`` alone (a sandbox's own,
+    checked by fingerprint too) before anything is sent; the socket is then a
+    SerializedTLSSocket."""
     parts = urlsplit(url)
     if parts.scheme not in ("ws", "wss") or not parts.hostname:
         raise InvalidArgument(f"the kernel websocket URL must be ws://host:port/... or wss://..., got {url!r}")
@@ -430,7 +431,11 @@ def _open_websocket(url: str, token: str, timeout: float,
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if secure:
             try:
-                sock = (ssl_context or ssl.create_default_context()).wrap_socket(raw, server_hostname=host)
+                if certificate is None:
+                    sock = ssl.create_default_context().wrap_socket(raw, server_hostname=host)
+                else:
+                    sock = certificate.client_context().wrap_socket(raw, server_hostname=host)
+                    certificate.check_peer(sock)
             except ssl.SSLCertVerificationError as exc:
                 raise ChannelError(f"the kernel gateway at {url} did not present the sandbox's certificate "
                                    f"(pinned by pybox): {exc.verify_message or exc}; nothing was sent") from exc

@@ -22,6 +22,7 @@ import requests
 import requests.adapters
 
 from pybox.errors import ChannelError, InvalidArgument, KernelError, PyboxError
+from pybox.tls import GatewayCertificate
 
 log = logging.getLogger(__name__)
 
@@ -43,41 +44,51 @@ def check_kernel_id(value: object, error: type[PyboxError] = ChannelError) -> st
 
 
 class _PinnedTLSAdapter(requests.adapters.HTTPAdapter):
-    """HTTPS with one SSL context: a sandbox's pinned certificate, no name to check."""
+    """HTTPS trusting one certificate: a context of its own that trusts only it, no CA
+    bundle (requests would load certifi's into the context), and urllib3's fingerprint
+    check of the exact certificate besides."""
 
-    def __init__(self, context: ssl.SSLContext):
-        self._context = context
+    def __init__(self, certificate: GatewayCertificate):
+        self._certificate = certificate
         super().__init__()
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._context
+        kwargs["ssl_context"] = self._certificate.client_context()
         kwargs["assert_hostname"] = False
+        kwargs["assert_fingerprint"] = self._certificate.fingerprint
         super().init_poolmanager(*args, **kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        # requests' version points the connection at its CA bundle, which urllib3 then
+        # loads into the pinned context: any publicly trusted certificate would pass.
+        conn.cert_reqs = "CERT_REQUIRED"
+        conn.ca_certs = None
+        conn.ca_cert_dir = None
 
 
 class Gateway:
     """One kernel gateway at ``http://host:port``, authenticated by ``token``; at
-    ``https://`` (and ``wss://``) when ``ssl_context`` is given, which then decides
-    whom to trust (for a sandbox on a remote engine: its own certificate only)."""
+    ``https://`` (and ``wss://``) when ``certificate`` is given: the sandbox's own
+    (a remote engine's), the only one trusted."""
 
     def __init__(self, host: str, port: int, token: str, *, request_timeout: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None):
+                 certificate: GatewayCertificate | None = None):
         self.host = host
         self.port = int(port)
         self.token = token
         self.request_timeout = request_timeout
-        self.ssl_context = ssl_context
-        scheme = "https" if ssl_context is not None else "http"
+        self.certificate = certificate
+        scheme = "https" if certificate is not None else "http"
         self.base_url = f"{scheme}://{_url_host(host)}:{self.port}"
         self._http = requests.Session()
         self._http.headers["Authorization"] = f"token {token}"
         # The gateway is local or reached directly; never through an HTTP proxy.
         self._http.trust_env = False
-        if ssl_context is not None:
-            self._http.mount("https://", _PinnedTLSAdapter(ssl_context))
+        if certificate is not None:
+            self._http.mount("https://", _PinnedTLSAdapter(certificate))
 
     def ws_url(self, kernel_id: str) -> str:
-        scheme = "wss" if self.ssl_context is not None else "ws"
+        scheme = "wss" if self.certificate is not None else "ws"
         return f"{scheme}://{_url_host(self.host)}:{self.port}/api/kernels/{kernel_id}/channels"
 
     def _request(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
@@ -149,7 +160,7 @@ class Gateway:
             if self.ready(timeout=max(0.2, min(2.0, deadline - time.monotonic()))):
                 return
             if time.monotonic() >= deadline:
-                hint = ("" if self.ssl_context is not None else
+                hint = ("" if self.certificate is not None else
                         " (a sandbox on a remote engine speaks TLS: pass its gateway_certificate)")
                 raise ChannelError(f"kernel gateway at {self.base_url} did not become ready{hint}")
             time.sleep(interval)
@@ -271,6 +282,8 @@ def _certificate_mismatch(exc: BaseException) -> str | None:
         seen.add(id(current))
         if isinstance(current, ssl.SSLCertVerificationError):
             return str(current.verify_message or current)
+        if "Fingerprints did not match" in str(current):  # urllib3's assert_fingerprint
+            return "certificate fingerprint mismatch"
         pending += [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
     return None
 

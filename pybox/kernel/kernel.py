@@ -169,16 +169,18 @@ class Kernel:
             check_kernel_name(name)
             if kernel_id is not None:
                 raise InvalidArgument("name picks the kernelspec of a new kernel; not with kernel_id")
-        context = None
+        pinned = None
         if certificate is not None:
             if not isinstance(certificate, str) or "BEGIN CERTIFICATE" not in certificate:
                 raise InvalidArgument("certificate must be the sandbox's gateway_certificate (a PEM str)")
+            pinned = GatewayCertificate(certificate, "")
             try:
-                context = GatewayCertificate(certificate, "").client_context()
-            except ssl.SSLError as exc:
+                pinned.client_context()
+                pinned.fingerprint  # noqa: B018 -- both parse it
+            except (ssl.SSLError, ValueError) as exc:
                 raise InvalidArgument(f"certificate is not a usable PEM certificate: {exc}") from exc
         assert options.port is not None
-        gateway = Gateway(host, options.port, token, ssl_context=context)
+        gateway = Gateway(host, options.port, token, certificate=pinned)
         try:
             gateway.wait_ready(time.monotonic() + check_seconds(timeout, "timeout"))
             created = kernel_id is None
@@ -698,7 +700,7 @@ class Kernel:
 
     def _open_channel(self) -> KernelChannel:
         self._generation += 1
-        tls = {"ssl_context": self.gateway.ssl_context} if self.gateway.ssl_context is not None else {}
+        tls = {"certificate": self.gateway.certificate} if self.gateway.certificate is not None else {}
         return self._channel_factory(
             self.gateway.ws_url(self.id),
             self.gateway.token,

@@ -208,7 +208,7 @@ def test_gateway_traffic_is_tls_with_the_sandboxs_pinned_certificate(sandbox):
         plain.close()
     # Another certificate (someone else answering on the port): refused before the token goes.
     stranger = Gateway(sandbox.host, sandbox.port, sandbox.token,
-                       ssl_context=GatewayCertificate.generate().client_context())
+                       certificate=GatewayCertificate.generate())
     try:
         with pytest.raises(pybox.ChannelError, match="did not present the sandbox's certificate"):
             stranger.ready(timeout=3)

@@ -327,7 +327,7 @@ class FakeGateway:
     ``specs`` are the kernelspecs it lists (the image's: python3 and bash).
     """
 
-    ssl_context = None  # plain ws:// as a local sandbox's
+    certificate = None  # plain ws:// as a local sandbox's
 
     def __init__(self, token: str = "secret-token", base_url: str = "http://127.0.0.1:1"):
         self.token = token

@@ -89,7 +89,7 @@ def test_a_strangers_certificate_fails_the_handshake():
 def test_the_gateway_client_never_sends_the_token_to_a_stranger():
     server = TLSServer(GatewayCertificate.generate())
     gateway = Gateway("127.0.0.1", server.port, "the-token",
-                      ssl_context=GatewayCertificate.generate().client_context())
+                      certificate=GatewayCertificate.generate())
     assert gateway.base_url.startswith("https://") and gateway.ws_url("k").startswith("wss://")
     try:
         with pytest.raises(ChannelError, match="did not present the sandbox's certificate.*token was not sent"):
@@ -150,3 +150,73 @@ def test_env_may_not_set_the_gateways_token_or_certificate(name):
 
     with pytest.raises(pybox.InvalidArgument, match=f"env may not set {name}"):
         pybox.Sandbox(env={name: "x"})
+
+
+def ca_signed_certificate(tmp_path) -> tuple[GatewayCertificate, str]:
+    """A leaf certificate for attacker.example signed by a CA of its own; the CA's PEM
+    path (as a public CA in a bundle would be)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("Public CA")).issuer_name(name("Public CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(name("attacker.example")).issuer_name(name("Public CA"))
+            .public_key(leaf_key.public_key()).serial_number(2).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("attacker.example")]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    bundle = tmp_path / "public-cas.pem"
+    bundle.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    stranger = GatewayCertificate(
+        leaf.public_bytes(serialization.Encoding.PEM).decode(),
+        leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()).decode())
+    return stranger, str(bundle)
+
+
+def test_a_certificate_from_a_ca_requests_trusts_gets_no_token(tmp_path, monkeypatch):
+    # requests points every HTTPS connection at its CA bundle (certifi), which urllib3
+    # loads into the context it was given: the pinned context must never see it.
+    import requests.adapters
+    import requests.utils
+
+    stranger, bundle = ca_signed_certificate(tmp_path)
+    monkeypatch.setattr(requests.adapters, "DEFAULT_CA_BUNDLE_PATH", bundle)
+    monkeypatch.setattr(requests.utils, "DEFAULT_CA_BUNDLE_PATH", bundle)
+    for _ in range(2):  # a second request on the same session too
+        server = TLSServer(stranger)
+        gateway = Gateway("127.0.0.1", server.port, "the-token", certificate=GatewayCertificate.generate())
+        try:
+            with pytest.raises(ChannelError, match="did not present the sandbox's certificate"):
+                gateway.ready(timeout=5)
+        finally:
+            gateway.close()
+            server.close()
+        assert b"the-token" not in server.received
+
+
+def test_the_peer_check_refuses_any_other_certificate_whatever_the_context_trusts(tmp_path):
+    stranger, bundle = ca_signed_certificate(tmp_path)
+    server = TLSServer(stranger)
+    context = ssl.create_default_context(cafile=bundle)  # a context that came to trust the stranger
+    context.check_hostname = False
+    pinned = GatewayCertificate.generate()
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        with context.wrap_socket(raw) as tls:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                pinned.check_peer(tls)
+            stranger.check_peer(tls)  # the right one passes
+    server.close()
+    assert server.received == b""
