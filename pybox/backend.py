@@ -147,7 +147,11 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def put_archive(self, container_id: str, path: str, data: Iterable[bytes]) -> None:
-        """Extract the tar stream ``data`` into directory ``path`` of the container."""
+        """Extract the tar stream ``data`` into directory ``path`` of the container.
+
+        An engine that extracts as root, path by path, must keep the container's code
+        from changing those paths meanwhile (swapping a directory it just made for a
+        link): Docker and Podman pause the container for the copy."""
 
     @abc.abstractmethod
     def get_archive(self, container_id: str, path: str) -> Iterator[bytes]:

@@ -227,6 +227,48 @@ def test_the_init_refuses_to_start_without_the_capabilities_it_needs(monkeypatch
     assert "KILL, SETGID, SETUID and SETPCAP must be granted" in str(info.value)
 
 
+#: Code that waits for an upload into /app/project and, as soon as the engine has written
+#: the member `f0150.txt` there (inotify), swaps the directory for a link to a root-owned
+#: directory in one call (renameat2 RENAME_EXCHANGE): the engine, extracting as root, would
+#: then write the remaining members through the link.
+SWAP_DURING_UPLOAD = r"""
+import ctypes, os, struct, subprocess, sys
+racer = '''
+import ctypes, os, struct
+libc = ctypes.CDLL(None, use_errno=True)
+os.symlink("/opt/pybox/share/pybox", "/app/.swap")
+while not os.path.isdir("/app/project"):
+    pass
+fd = libc.inotify_init()
+libc.inotify_add_watch(fd, b"/app/project", 0x4 | 0x8 | 0x100)  # attrib, close_write, create
+while True:
+    data = os.read(fd, 65536)
+    if b"f0150.txt" in data:
+        libc.renameat2(-100, b"/app/project", -100, b"/app/.swap", 2)
+        break
+'''
+subprocess.Popen([sys.executable, "-c", racer], start_new_session=True)
+print("racing")
+"""
+
+
+def test_an_upload_cannot_be_redirected_by_swapping_its_directory_for_a_link(fresh_sandbox, tmp_path):
+    source = tmp_path / "project"
+    source.mkdir()
+    for i in range(300):
+        (source / f"f{i:04d}.txt").write_text(f"file {i}\n")
+    before = fresh_sandbox.run("import os; print(sorted(os.listdir('/opt/pybox/share/pybox')))").text
+    assert fresh_sandbox.run(SWAP_DURING_UPLOAD).text == "racing"
+    time.sleep(0.5)
+    try:
+        fresh_sandbox.upload(source, "project")
+    except pybox.PyboxError:
+        pass  # refusing is fine too; writing as root through the link is not
+    time.sleep(0.5)
+    after = fresh_sandbox.run("import os; print(sorted(os.listdir('/opt/pybox/share/pybox')))").text
+    assert after == before
+
+
 # -- the host's disk and memory are bounded ----------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import urlparse
@@ -47,6 +48,8 @@ class DockerBackend(Backend):
 
     def __init__(self) -> None:
         self._api: docker.APIClient | None = None
+        # One copy into a container at a time: each pauses it (put_archive).
+        self._archive_lock = threading.Lock()
 
     @property
     def api(self) -> docker.APIClient:
@@ -192,11 +195,21 @@ class DockerBackend(Backend):
     # -- files -----------------------------------------------------------------------
 
     def put_archive(self, container_id: str, path: str, data: Iterable[bytes]) -> None:
-        with self._errors(f"copy files into {path}"):
+        # The engine extracts as root, path by path: code in the container could swap a
+        # directory it just made for a link between two members and have root write
+        # through it. Frozen (paused) meanwhile, it cannot.
+        with self._archive_lock, self._errors(f"copy files into {path}"):
+            try:
+                self.api.pause(container_id)
+            except docker.errors.NotFound as exc:
+                raise BackendError(f"cannot copy into {path}: {exc.explanation or exc}") from exc
             try:
                 self.api.put_archive(container_id, path, data)
             except docker.errors.NotFound as exc:
                 raise BackendError(f"cannot copy into {path}: {exc.explanation or exc}") from exc
+            finally:
+                with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
+                    self.api.unpause(container_id)
 
     def get_archive(self, container_id: str, path: str) -> Iterator[bytes]:
         with self._errors(f"copy {path} out of the container"):

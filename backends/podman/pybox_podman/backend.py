@@ -21,6 +21,7 @@ import re
 import socket
 import struct
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, urlparse
@@ -107,6 +108,8 @@ class PodmanBackend(Backend):
         configured = None if os.environ.get("CONTAINER_HOST", "").strip() else configured_service()
         self.identity = configured[1] if configured is not None and configured[0] == self.url else None
         self._api: podman.api.APIClient | None = None
+        # One copy into a container at a time: each pauses it (put_archive).
+        self._archive_lock = threading.Lock()
 
     @property
     def api(self) -> podman.api.APIClient:
@@ -287,16 +290,27 @@ class PodmanBackend(Backend):
     # -- files -----------------------------------------------------------------------
 
     def put_archive(self, container_id: str, path: str, data: Iterable[bytes]) -> None:
-        with self._errors(f"copy files into {path}"):
-            # copyUIDGID=false keeps the archive's owners (pybox.files: the sandbox user);
-            # Podman's default chowns to the container's user, root under a network policy.
-            response = self.api.put(f"/containers/{quote(container_id, safe='')}/archive",
-                                    params={"path": path, "copyUIDGID": "false"}, data=iter(data),
-                                    headers={"Content-Type": "application/x-tar"}, timeout=LONG_TIMEOUT)
+        # The engine extracts as root, path by path: code in the container could swap a
+        # directory it just made for a link between two members and have root write
+        # through it. Frozen (paused) meanwhile, it cannot.
+        container = quote(container_id, safe="")
+        with self._archive_lock, self._errors(f"copy files into {path}"):
+            paused = self.api.post(f"/containers/{container}/pause")
+            if paused.status_code >= 400:
+                raise BackendError(f"cannot copy into {path}: could not pause the container to copy safely: "
+                                   f"{_message(paused)}")
             try:
-                response.raise_for_status()
-            except podman.errors.APIError as exc:
-                raise BackendError(f"cannot copy into {path}: {_message(response)}") from exc
+                # copyUIDGID=false keeps the archive's owners (pybox.files: the sandbox user);
+                # Podman's default chowns to the container's user (root: the init's).
+                response = self.api.put(f"/containers/{container}/archive",
+                                        params={"path": path, "copyUIDGID": "false"}, data=iter(data),
+                                        headers={"Content-Type": "application/x-tar"}, timeout=LONG_TIMEOUT)
+                try:
+                    response.raise_for_status()
+                except podman.errors.APIError as exc:
+                    raise BackendError(f"cannot copy into {path}: {_message(response)}") from exc
+            finally:
+                self.api.post(f"/containers/{container}/unpause")
 
     def get_archive(self, container_id: str, path: str) -> Iterator[bytes]:
         with self._errors(f"copy {path} out of the container"):
