@@ -58,6 +58,9 @@ class GatewayCertificate:
             .not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("pybox-gateway")]), critical=False)
+            # Key identifiers: what strict X.509 checking (Python 3.13's default contexts) wants.
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
         return cls(
