@@ -247,10 +247,7 @@ class PodmanBackend(Backend):
     def _inspect(self, container_id: str, action: str) -> dict[str, Any] | None:
         with self._errors(action):
             response = self.api.get(f"/containers/{quote(container_id, safe='')}/json")
-            # Podman 4 answers 500 "... does not exist in database: no such container" for a
-            # container removed while it looked it up: gone, as a 404 says.
-            if response.status_code == 404 or (response.status_code >= 400
-                                               and "no such container" in _message(response).lower()):
+            if _container_gone(response):
                 return None
             response.raise_for_status()
             return response.json()  # type: ignore[no-any-return]
@@ -274,9 +271,7 @@ class PodmanBackend(Backend):
         with self._errors("remove the sandbox container"):
             response = self.api.delete(f"/containers/{quote(container_id, safe='')}",
                                        params={"force": True, "v": True, "volumes": True, "timeout": 0})
-            if response.status_code in (404, 409):  # gone, or removal already in progress
-                return
-            if response.status_code >= 400 and "no such container" in _message(response).lower():
+            if response.status_code == 409 or _container_gone(response):  # 409: removal in progress
                 return
             response.raise_for_status()
 
@@ -467,6 +462,13 @@ def _resource_limits(plan: LaunchPlan) -> dict[str, Any]:
     if plan.pids is not None:
         limits["pids"] = {"limit": int(plan.pids)}
     return limits
+
+
+def _container_gone(response) -> bool:
+    """The container does not exist: a 404, or Podman 4's 500 "... does not exist in
+    database: no such container" for one removed while it was looked up."""
+    return response.status_code == 404 or (response.status_code >= 400
+                                           and "no such container" in _message(response).lower())
 
 
 def _message(response) -> str:
