@@ -15,7 +15,15 @@ from jupyter_client.connect import LocalPortCache, port_names
 from jupyter_client.provisioning import LocalProvisioner
 from jupyter_server._tz import utcnow
 from kernel_gateway.services.kernels.manager import KernelGatewayIOLoopKernelManager
-from pybox_boot import CONNECTION_FILE_MODE, FORK_TIMEOUT, KERNEL_ARGV, KERNEL_USER, ForkUnavailable, claim
+from pybox_boot import (
+    CONNECTION_FILE_MODE,
+    FORK_TIMEOUT,
+    KERNEL_ARGV,
+    KERNEL_USER,
+    ForkDisbelieved,
+    ForkUnavailable,
+    claim,
+)
 
 
 #: A kernel forked ahead of need (future, connection file, env, cwd): the next Python
@@ -149,6 +157,10 @@ class ForkingProvisioner(LocalProvisioner):
         except asyncio.TimeoutError:
             self.log.warning("pybox: the fork server did not answer in %s s; launching %s", FORK_TIMEOUT, what)
             pybox_boot.fork_server.give_up()
+            return None
+        except ForkDisbelieved as error:
+            self.log.warning("pybox: %s; the fork server is killed and not used again", error)
+            pybox_boot.fork_server.give_up(disable=True)
             return None
         except ForkUnavailable as error:
             self.log.info("pybox: launching %s (%s)", what, error)

@@ -94,6 +94,11 @@ class ForkUnavailable(Exception):
     """The fork server cannot start this kernel: launch it the stock way."""
 
 
+class ForkDisbelieved(ForkUnavailable):
+    """The fork server named a process that is not a kernel it forked: it is not to be
+    trusted again (pybox_adopt then kills it and launches every kernel the stock way)."""
+
+
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
     """(state, parent pid, start time) of a process from /proc, None when it is gone."""
     try:
@@ -131,6 +136,7 @@ class ForkServer:
         #: Exit codes the server reported, by kernel pid (pid -> returncode).
         self._exits: dict[int, int] = {}
         self._exited = threading.Condition(self._lock)
+        self._disabled = False
         self._start()
 
     def _start(self) -> None:
@@ -163,11 +169,13 @@ class ForkServer:
                 future = self._pending.pop(message.get("id"), None) if isinstance(message.get("id"), int) else None
             if future is None:
                 continue
-            pid = message.get("pid")
+            pid, error = message.get("pid"), message.get("error")
             if isinstance(pid, int) and pid > 1:
                 future.set_result(pid)
+            elif isinstance(error, str) and pid is None:
+                future.set_exception(ForkUnavailable(error[:200]))
             else:
-                future.set_exception(ForkUnavailable(str(message.get("error"))[:200]))
+                future.set_exception(ForkDisbelieved(f"the fork server answered {str(message)[:100]}"))
         with self._lock:
             pending, self._pending = self._pending, {}
             if self._process is process:
@@ -183,6 +191,8 @@ class ForkServer:
         """Ask for a kernel; the future's result is its pid, checked to be a child of
         the server running as the sandbox user (ForkUnavailable otherwise)."""
         with self._lock:
+            if self._disabled:
+                raise ForkUnavailable("the fork server is disabled: it named a process it had not forked")
             if self._process is None or self._process.poll() is not None:
                 self._process = None
                 restart = True
@@ -222,13 +232,15 @@ class ForkServer:
     def _check(pid: int, server_pid: int) -> ForkedKernelProcess:
         stat = _proc_stat(pid)
         if stat is None or stat[1] != server_pid or set(_proc_uids(pid)) != {SANDBOX_UID}:
-            raise ForkUnavailable(f"pid {pid} is not a kernel of the fork server")
+            raise ForkDisbelieved(f"pid {pid} is not a kernel of the fork server")
         return ForkedKernelProcess(pid, stat[2], fork_server)
 
-    def give_up(self) -> None:
-        """Kill a server that did not answer in time (a stopped or hostile one)."""
+    def give_up(self, disable: bool = False) -> None:
+        """Kill a server that did not answer in time (a stopped or hostile one); with
+        ``disable``, start no other (it lied: what starts it cannot be trusted)."""
         with self._lock:
             process, self._process = self._process, None
+            self._disabled = self._disabled or disable
         if process is not None and process.poll() is None:
             try:
                 process.kill()
