@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import uuid
 
@@ -28,8 +29,8 @@ from pybox_boot import (
 
 #: A kernel forked ahead of need (future, connection file, env, cwd): the next Python
 #: kernel started with the same env and cwd takes it over, so ``sb.kernel()`` waits for
-#: no start-up at all. Made after each kernel start but the first (so a sandbox that
-#: never opens a second kernel never pays for one), one at a time.
+#: no start-up at all. Made when a new kernel starts, but the first (a sandbox that
+#: never opens a second kernel never pays for the server or a spare), one at a time.
 _spare = None
 
 
@@ -81,17 +82,20 @@ class ForkingProvisioner(LocalProvisioner):
     adopt = None  # (future of the ForkedKernelProcess, connection file) until the first launch
     _spare_env = None  # (env, cwd) the adopted spare was made with
     _fixed_ports = False
+    _new_kernel = False
 
     async def pre_launch(self, **kwargs):
         km = self.parent
-        if self.adopt is None and not km._connection_file_written:  # a new kernel, not a restart
+        self._new_kernel = not km._connection_file_written  # not a restart
+        if self.adopt is None and self._new_kernel:
             spare = _take_spare()
             if spare is not None:
                 self.adopt = spare[:2]
                 self._spare_env = spare[2:]
         if self.adopt is not None:
-            future, path = self.adopt
-            if not (future.done() and future.exception() is not None):
+            kernel, path = self.adopt  # the prelaunched Popen, or the spare's future
+            if kernel.poll() is None if isinstance(kernel, subprocess.Popen) else \
+                    not (kernel.done() and kernel.exception() is not None):
                 with open(path) as f:
                     info = json.load(f)
                 # Ports first, so the manager records them as fixed, not random: a
@@ -121,21 +125,26 @@ class ForkingProvisioner(LocalProvisioner):
         forkable = pybox_boot.fork_server is not None and \
             cmd[len(KERNEL_USER):-1] == [sys.executable, *KERNEL_ARGV[1:-1]]
         process = None
-        if adopt is not None:
-            process = await self._forked(adopt[0], "the prelaunched kernel" if spare_env is None else "the spare")
-            if process is not None and spare_env is not None and spare_env != (pybox_boot.kernel_env(env), cwd):
+        if adopt is not None and spare_env is None:
+            process = adopt[0]
+            self.log.info("pybox: adopted the prelaunched kernel (pid %s)", process.pid)
+        elif adopt is not None:
+            process = await self._forked(adopt[0], "the spare")
+            if process is not None and spare_env != (pybox_boot.kernel_env(env), cwd):
                 # Made for another environment: this kernel starts afresh on its ports.
                 process.kill()
                 await asyncio.to_thread(process.wait, 5)
                 process = None
-        if process is None and forkable:
+        if process is None and forkable and pybox_boot.fork_server.started:
             try:
                 future = pybox_boot.fork_server.fork(cmd[-1], env, cwd)
             except ForkUnavailable as error:
                 self.log.info("pybox: launching the kernel (%s)", error)
             else:
                 process = await self._forked(future, "a kernel")
-        if forkable and (adopt is None or spare_env is not None):
+        if forkable and self._new_kernel and (adopt is None or spare_env is not None):
+            # A second kernel: the next one will be waiting (the first spare starts the
+            # server, importing on the other core while this one starts).
             _make_spare(env, cwd)
         if process is None:
             return await super().launch_kernel(cmd, **kwargs)
@@ -145,8 +154,8 @@ class ForkingProvisioner(LocalProvisioner):
             pgid = os.getpgid(process.pid)
         except OSError:
             pgid = None
-        # Signals go to the kernel's own group (the fork server made it), never to
-        # another: a kernel still in the server's group would take the server along.
+        # Signals go to the kernel's own group (a new session), never to another: a
+        # forked kernel still in the server's group would take the server along.
         self.pgid = pgid if pgid == process.pid else None
         self.cwd = cwd
         return self.connection_info

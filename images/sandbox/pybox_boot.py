@@ -62,7 +62,7 @@ SANDBOX_UID = 1000
 #: is launched the stock way; the first fork waits for the server's imports.
 FORK_TIMEOUT = 10.0
 
-_prelaunched: tuple[Future, str] | None = None
+_prelaunched: tuple[subprocess.Popen, str] | None = None
 #: The kernel fork server of this gateway (started by main).
 fork_server: ForkServer | None = None
 
@@ -137,9 +137,13 @@ class ForkServer:
         self._exits: dict[int, int] = {}
         self._exited = threading.Condition(self._lock)
         self._disabled = False
-        self._start()
 
-    def _start(self) -> None:
+    @property
+    def started(self) -> bool:
+        """Whether the server was ever started (it is at the first fork)."""
+        return self._next_id > 0
+
+    def _start(self) -> None:  # with the lock held
         # By path, not -m: the working directory is the sandbox's (see pybox_forkserver).
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pybox_forkserver.py")
         argv = [*KERNEL_USER[:KERNEL_USER.index("/usr/bin/env")], sys.executable, script]
@@ -194,20 +198,12 @@ class ForkServer:
             if self._disabled:
                 raise ForkUnavailable("the fork server is disabled: it named a process it had not forked")
             if self._process is None or self._process.poll() is not None:
-                self._process = None
-                restart = True
-            else:
-                restart = False
-                self._next_id += 1
-                ident = self._next_id
-                future: Future = Future()
-                self._pending[ident] = future
-                process = self._process
-        if restart:  # this kernel the stock way; the next ones from a fresh server
-            with self._lock:
-                if self._process is None:
-                    self._start()
-            raise ForkUnavailable("the fork server had exited (restarted)")
+                self._start()  # the first fork, or the server died: the request waits for its imports
+            self._next_id += 1
+            ident = self._next_id
+            future: Future = Future()
+            self._pending[ident] = future
+            process = self._process
         request = {"id": ident, "connection_file": connection_file, "env": kernel_env(env), "cwd": cwd}
         try:
             process.stdin.write(json.dumps(request).encode() + b"\n")
@@ -316,8 +312,11 @@ class ForkedKernelProcess:
 
 
 def prelaunch(first_kernel: bool) -> None:
-    """Start the fork server and (``first_kernel``) ask it for the first kernel now, as
-    the gateway's provisioner would."""
+    """Make the fork server (started at the first fork) and (``first_kernel``) launch
+    the first kernel now, as the gateway's LocalProvisioner would.
+
+    The first kernel is launched, not forked: a server started with the container would
+    cost every sandbox its imports and ~15 MiB, and most sandboxes run one kernel."""
     global _prelaunched, fork_server
     # The env KernelGatewayIOLoopKernelManager gives a kernel.
     env = os.environ.copy()
@@ -326,12 +325,16 @@ def prelaunch(first_kernel: bool) -> None:
     fork_server = ForkServer(env, os.getcwd())
     if not first_kernel:
         return
-    _prelaunched = ready_kernel(PORTS, env, os.getcwd())
+    path = _connection_file(PORTS)
+    env["JPY_PARENT_PID"] = str(os.getpid())  # as launch_kernel sets it
+    cmd = KERNEL_USER + [sys.executable if a == "python" else a.replace("{connection_file}", os.path.realpath(path))
+                         for a in KERNEL_ARGV]
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, cwd=os.getcwd(), start_new_session=True)
+    process.stdin.close()
+    _prelaunched = (process, path)
 
 
-def ready_kernel(ports: dict[str, int], env: dict[str, str], cwd: str) -> tuple[Future, str]:
-    """Write a connection file with ``ports`` and a new key, and ask the fork server for
-    a kernel on it: (future of its ForkedKernelProcess, the file)."""
+def _connection_file(ports: dict[str, int]) -> str:
     runtime = _runtime_dir()
     os.makedirs(runtime, mode=0o700, exist_ok=True)
     path = os.path.join(runtime, f"kernel-pybox-{secrets.token_hex(8)}.json")
@@ -341,6 +344,13 @@ def ready_kernel(ports: dict[str, int], env: dict[str, str], cwd: str) -> tuple[
     with os.fdopen(fd, "w") as f:
         json.dump(info, f, indent=1)
     os.chmod(path, CONNECTION_FILE_MODE)  # whatever the umask
+    return path
+
+
+def ready_kernel(ports: dict[str, int], env: dict[str, str], cwd: str) -> tuple[Future, str]:
+    """Write a connection file with ``ports`` and a new key, and ask the fork server for
+    a kernel on it: (future of its ForkedKernelProcess, the file)."""
+    path = _connection_file(ports)
     try:
         future = fork_server.fork(os.path.realpath(path), env, cwd)
     except ForkUnavailable as error:
@@ -349,9 +359,8 @@ def ready_kernel(ports: dict[str, int], env: dict[str, str], cwd: str) -> tuple[
     return future, path
 
 
-def claim() -> tuple[Future, str] | None:
-    """The prelaunched kernel (future of its ForkedKernelProcess, connection file),
-    once; None afterwards."""
+def claim() -> tuple[subprocess.Popen, str] | None:
+    """The prelaunched kernel (process, connection file), once; None afterwards."""
     global _prelaunched
     claimed, _prelaunched = _prelaunched, None
     return claimed

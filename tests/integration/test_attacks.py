@@ -333,6 +333,13 @@ def fork_server():
             return int(pid)
 """
 
+def _start_the_fork_server(sb):
+    sb.kernel().close()  # the second kernel of a sandbox starts the server (and a spare)
+    found = sb.run(FIND_FORK_SERVER + "import time\nfor _ in range(300):\n    if fork_server():\n        break\n"
+                   "    time.sleep(0.1)\nprint(fork_server() is not None)", timeout=60).text
+    assert found == "True"
+
+
 KERNEL_FACTS = "import os\nprint(os.getuid(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
 
 
@@ -345,6 +352,7 @@ def _kernels_still_start(sb):
 
 def test_killing_the_fork_server_costs_no_kernel(fresh_sandbox):
     fresh_sandbox.run("x = 41")
+    _start_the_fork_server(fresh_sandbox)
     killed = fresh_sandbox.run(FIND_FORK_SERVER + "import signal\nos.kill(fork_server(), signal.SIGKILL)\n"
                                "print('killed')").text
     assert killed == "killed"
@@ -355,6 +363,7 @@ def test_killing_the_fork_server_costs_no_kernel(fresh_sandbox):
 
 
 def test_a_stopped_fork_server_delays_a_kernel_start_but_never_blocks_it(fresh_sandbox):
+    _start_the_fork_server(fresh_sandbox)
     fresh_sandbox.run(FIND_FORK_SERVER + "import signal\nos.kill(fork_server(), signal.SIGSTOP)")
     started = time.monotonic()
     kernel = fresh_sandbox.kernel()  # the gateway gives up on the server after 10 s
@@ -383,6 +392,7 @@ with open(os.path.join(user_site, 'zzz_lie.pth'), 'w') as f:
 
 
 def test_a_fork_server_naming_another_process_is_not_believed(fresh_sandbox):
+    _start_the_fork_server(fresh_sandbox)
     fresh_sandbox.run(LYING_FORK_SERVER)
     # The planted file changed the user's site-packages: the server in place exits at
     # the next request, the next one starts with the lie planted.
