@@ -32,6 +32,8 @@ from pybox_boot import (
 #: no start-up at all. Made when a new kernel starts, but the first (a sandbox that
 #: never opens a second kernel never pays for the server or a spare), one at a time.
 _spare = None
+#: Seconds after a kernel's start before the spare is forked.
+SPARE_DELAY = 0.2
 
 
 def _make_spare(env, cwd) -> None:
@@ -143,9 +145,10 @@ class ForkingProvisioner(LocalProvisioner):
             else:
                 process = await self._forked(future, "a kernel")
         if forkable and self._new_kernel and (adopt is None or spare_env is not None):
-            # A second kernel: the next one will be waiting (the first spare starts the
-            # server, importing on the other core while this one starts).
-            _make_spare(env, cwd)
+            # The next kernel will be waiting (the first spare starts the server). Made a
+            # moment later: forked now, its start-up would compete for the CPU with this
+            # kernel's, whose first execution is likely on its way.
+            asyncio.get_running_loop().call_later(SPARE_DELAY, _make_spare, env, cwd)
         if process is None:
             return await super().launch_kernel(cmd, **kwargs)
         self.process = process
