@@ -21,6 +21,7 @@ from pybox.backend import BINDS, LIMITS, NETWORK_POLICY, READ_ONLY, Backend
 from pybox.errors import BackendError, UnsupportedOperation
 from pybox.image_contract import (
     DEFAULT_BLOCKED_NETWORKS,
+    GATEWAY_HOME,
     INIT,
     INIT_CAPS,
     NETWORK_ENV,
@@ -62,6 +63,11 @@ def plan_launch(spec: ContainerSpec) -> LaunchPlan:
         plan.scratch = [Scratch(path, size, owned) for path, size, owned in SCRATCH_MOUNTS]
         # /app must stay writable for the kernel and for upload/download.
         plan.volumes = [WORKDIR]
+    else:
+        # The gateway's runtime directory (connection files with the kernels' keys, the
+        # TLS key of a remote engine's sandbox) is never on the container's disk, in
+        # every mode: a commit of the container (Sandbox.snapshot) leaves mounts out.
+        plan.scratch = [Scratch(path, size, owned) for path, size, owned in SCRATCH_MOUNTS if path == GATEWAY_HOME]
     if spec.network != "open":
         # Applied by the init before anything else runs; "default" gets the engine's
         # host addresses in prepare_launch (they depend on the backend).

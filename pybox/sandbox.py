@@ -24,6 +24,7 @@ from pybox.errors import (
     PyboxError,
     SandboxClosed,
     StartupTimeout,
+    UnsupportedOperation,
 )
 from pybox.files import DEFAULT_MAX_DOWNLOAD, check_local_path, check_local_source, extract_stream, upload_stream
 from pybox.image_contract import DEFAULT_IMAGE, PRESPAWN_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_ENV, WORKDIR
@@ -56,6 +57,7 @@ from pybox.ownership import (
 )
 from pybox.plugins import get_plugins, resolve_backend_name
 from pybox.pull import ensure_image
+from pybox.snapshot import check_tag, snapshot_labels
 from pybox.tls import GatewayCertificate
 
 __all__ = [
@@ -412,6 +414,37 @@ class Sandbox:
 
     def restart(self) -> None:
         self.default_kernel.restart()
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def snapshot(self, tag: str) -> str:
+        """Save this sandbox's filesystem as image ``tag`` on its engine and return the
+        new image's id; ``Sandbox(image=tag)`` and ``Pool(image=tag)`` start from it.
+
+        Kept: every file the sandbox changed on the container's own filesystem: packages
+        ``!pip install`` put in the sandbox user's ~/.local, files under /app, the home
+        directory, /tmp. Not kept: process memory (the kernels' variables and imports,
+        running processes), host directories bound in (``binds``), the environment
+        (``env``; the image has its base's configuration), the gateway's runtime files
+        (connection keys, TLS key; on a tmpfs, never committed). The container is paused
+        while the engine copies it, then runs on untouched. An existing ``tag`` is moved
+        to the new image. A read-only sandbox (``read_only=True``) keeps its writable
+        files on tmpfs and a volume, which a commit leaves out: it is refused
+        (UnsupportedOperation). The snapshot holds what code in the sandbox wrote, so a
+        sandbox started from it is as trusted as this one (docs/snapshots.md)."""
+        tag = check_tag(tag)
+        with self._lock:
+            backend, container = self._started_container()
+            if self.options.read_only:
+                raise UnsupportedOperation(
+                    f"cannot snapshot a read-only sandbox as {tag!r}: its writable files (/app, ~/.local, "
+                    f"/tmp...) are on a volume and tmpfs mounts, which an image commit leaves out. Snapshot "
+                    f"a sandbox started with read_only=False, and start read-only sandboxes from that image")
+            started = time.monotonic()
+            image_id = backend.commit(container, tag, snapshot_labels(self.image))
+            log.info("sandbox %s saved as image %s (%s) in %.2f s", container[:12], tag, image_id[:19],
+                     time.monotonic() - started)
+            return image_id
 
     # -- files -----------------------------------------------------------------------
 
