@@ -1,0 +1,207 @@
+"""Snapshots without an engine: the tag check, the configuration a snapshot is committed
+with (nothing of the container's: no token, no env, no owner labels), the leak check,
+Podman's changes, and Sandbox.snapshot's refusals with a fake backend."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import FakeBackend, FakeBackendPlugin
+
+import pybox
+from pybox import BackendError, InvalidArgument, SandboxClosed, UnsupportedOperation
+from pybox.kernel.gateway import Gateway
+from pybox.plugins import Plugins
+from pybox.snapshot import (
+    SNAPSHOT_CREATED_LABEL,
+    SNAPSHOT_LABEL,
+    check_tag,
+    leaked_config,
+    podman_changes,
+    snapshot_config,
+    snapshot_labels,
+    split_tag,
+)
+
+BASE = {
+    "Env": ["PATH=/opt/pybox/bin:/usr/bin", "PYTHONDONTWRITEBYTECODE=1"],
+    "Cmd": ["/usr/local/sbin/pybox-init"],
+    "Entrypoint": None,
+    "User": "root",
+    "WorkingDir": "/app",
+    "ExposedPorts": {"8888/tcp": {}},
+    "Labels": {"org.pybox.protocol": "3", "org.pybox.version": "0.2.0"},
+}
+CONTAINER = {
+    "Env": ["KG_AUTH_TOKEN=the-token", "PYBOX_TLS_KEY=-----BEGIN PRIVATE KEY-----", "MYKEY=secret",
+            "PATH=/evil:/usr/bin", "PYTHONDONTWRITEBYTECODE=1", "TERM=xterm"],
+    "Cmd": ["/usr/local/sbin/pybox-init", "something"],
+    "Entrypoint": ["/bin/sh"],
+    "User": "0",
+    "Labels": {"org.pybox.protocol": "3", "org.pybox.version": "0.2.0", "pybox": "1", "pybox.pid": "42",
+               "pybox.session": "abc"},
+}
+
+
+@pytest.mark.parametrize("tag", ["my-env:v1", "my-env", "team/env:2", "registry.example:5000/team/env:2.0-rc_1",
+                                 "localhost/env:latest", "a" * 200 + ":" + "t" * 128])
+def test_valid_tags(tag):
+    assert check_tag(tag) == tag
+
+
+@pytest.mark.parametrize("tag, why", [
+    ("", "empty"), ("My-Env:v1", "lowercase"), ("env:v1@sha256:" + "0" * 64, "digest"), ("env:", "lowercase"),
+    ("env:-x", "lowercase"), ("env v1", "lowercase"), ("../env", "lowercase"), ("env:" + "t" * 129, "lowercase"),
+    ("a" * 256, "longer than 255"), ("env//x", "lowercase"), ("-env", "lowercase"),
+])
+def test_invalid_tags_are_refused_naming_the_tag(tag, why):
+    with pytest.raises(InvalidArgument, match=why) as caught:
+        check_tag(tag)
+    assert repr(tag) in str(caught.value)
+
+
+def test_a_tag_must_be_a_string():
+    with pytest.raises(InvalidArgument, match="image name"):
+        check_tag(None)
+
+
+@pytest.mark.parametrize("tag, split", [("env", ("env", "latest")), ("env:v1", ("env", "v1")),
+                                        ("host:5000/env", ("host:5000/env", "latest")),
+                                        ("host:5000/team/env:2", ("host:5000/team/env", "2"))])
+def test_split_tag(tag, split):
+    assert split_tag(tag) == split
+
+
+def test_the_config_is_the_base_images_with_the_containers_own_entries_empty():
+    config = snapshot_config(BASE, CONTAINER, {SNAPSHOT_LABEL: "pybox:latest"})
+    env = config["Env"]
+    # The base's values, the base's order; PATH keeps the base's value, not the container's.
+    assert env[:2] == BASE["Env"]
+    assert set(env[2:]) == {"KG_AUTH_TOKEN=", "PYBOX_TLS_KEY=", "MYKEY=", "TERM="}
+    assert not any("the-token" in e or "secret" in e or "PRIVATE" in e or "/evil" in e for e in env)
+    assert config["Labels"] == {"org.pybox.protocol": "3", "org.pybox.version": "0.2.0", "pybox": "",
+                                "pybox.pid": "", "pybox.session": "", SNAPSHOT_LABEL: "pybox:latest"}
+    assert config["Cmd"] == BASE["Cmd"]
+    # Unset in the base: present and empty, so that an engine does not fill them from the container.
+    assert config["Entrypoint"] == [] and config["Volumes"] == {}
+    assert (config["User"], config["WorkingDir"], config["ExposedPorts"]) == ("root", "/app", {"8888/tcp": {}})
+    assert leaked_config(config, BASE) == []
+
+
+def test_engine_defaults_are_left_when_unchanged():
+    config = snapshot_config(BASE, CONTAINER, {}, engine_env={"TERM": "xterm"})
+    assert "TERM=" not in config["Env"] and not any(e.startswith("TERM") for e in config["Env"])
+    changed = snapshot_config(BASE, {"Env": ["TERM=secret"]}, {}, engine_env={"TERM": "xterm"})
+    assert "TERM=" in changed["Env"]
+
+
+def test_missing_configs_give_an_empty_one():
+    config = snapshot_config(None, None, {"x": "1"})
+    assert config["Env"] == [] and config["Labels"] == {"x": "1"} and config["Cmd"] == []
+
+
+def test_the_leak_check_finds_what_a_naive_commit_keeps():
+    # A commit given the container's configuration (what `docker commit` does by default).
+    naive = {**CONTAINER, "Labels": {**CONTAINER["Labels"], SNAPSHOT_LABEL: "pybox:latest"}}
+    leaked = leaked_config(naive, BASE, engine_env={"TERM": "xterm"})
+    assert "environment variable KG_AUTH_TOKEN" in leaked and "environment variable MYKEY" in leaked
+    assert "environment variable PYBOX_TLS_KEY" in leaked and "environment variable PATH" in leaked
+    assert "environment variable TERM" not in leaked
+    assert "label pybox.pid" in leaked and "command" in leaked and "entry point" in leaked
+    assert not any(SNAPSHOT_LABEL in item for item in leaked)
+
+
+def test_podman_changes_set_every_field():
+    config = snapshot_config(BASE, CONTAINER, {SNAPSHOT_LABEL: "pybox:latest"})
+    changes = podman_changes(config)
+    assert "ENV PATH=/opt/pybox/bin:/usr/bin" in changes and "ENV KG_AUTH_TOKEN=" in changes
+    assert 'LABEL pybox.pid=""' in changes and 'LABEL org.pybox.snapshot.of="pybox:latest"' in changes
+    assert 'CMD ["/usr/local/sbin/pybox-init"]' in changes and "ENTRYPOINT []" in changes
+    assert "USER root" in changes and "WORKDIR /app" in changes
+    assert not any("the-token" in c or "secret" in c for c in changes)
+
+
+def test_snapshot_labels():
+    labels = snapshot_labels("pybox:latest", "sha256:abc", now=1234.5)
+    assert labels == {SNAPSHOT_LABEL: "pybox:latest", SNAPSHOT_CREATED_LABEL: "1234",
+                      "org.pybox.snapshot.base-id": "sha256:abc"}
+
+
+# -- Sandbox.snapshot with a fake backend ------------------------------------------------------
+
+
+class CommittingBackend(FakeBackend):
+    name = "fake"
+    committed: list[tuple] = []
+
+    def commit(self, container_id, tag, labels):
+        type(self).committed.append((container_id, tag, dict(labels)))
+        return "sha256:" + "1" * 64
+
+
+@pytest.fixture
+def started(fake_plugins, monkeypatch):
+    monkeypatch.setattr(Gateway, "ready", lambda self, timeout=1.0: True)
+    made = []
+
+    def make(backend_cls=FakeBackend, **kwargs):
+        plugins = Plugins(load_entry_points=False)
+        plugins.register(FakeBackendPlugin(backend_cls), name="fake-plugin")
+        monkeypatch.setattr(pybox.plugins, "_plugins", plugins)
+        sandbox = pybox.Sandbox(image="base:1", backend="fake", **kwargs)
+        made.append(sandbox)
+        return sandbox.start()
+
+    yield make
+    for sandbox in made:
+        sandbox.close()
+
+
+def test_snapshot_commits_with_the_snapshot_labels_and_returns_the_image_id(started):
+    CommittingBackend.committed.clear()
+    sb = started(CommittingBackend)
+    assert sb.snapshot("my-env:v1") == "sha256:" + "1" * 64
+    ((container, tag, labels),) = CommittingBackend.committed
+    assert (container, tag) == (sb.id, "my-env:v1")
+    assert labels[SNAPSHOT_LABEL] == "base:1" and labels[SNAPSHOT_CREATED_LABEL].isdigit()
+
+
+def test_a_backend_without_snapshots_says_which(started):
+    sb = started(FakeBackend)
+    with pytest.raises(UnsupportedOperation, match="the fake backend cannot save a sandbox as an image"):
+        sb.snapshot("my-env:v1")
+
+
+def test_a_bad_tag_is_refused_before_the_backend_is_asked(started):
+    CommittingBackend.committed.clear()
+    sb = started(CommittingBackend)
+    with pytest.raises(InvalidArgument, match="'Bad Tag'"):
+        sb.snapshot("Bad Tag")
+    assert CommittingBackend.committed == []
+
+
+def test_a_read_only_sandbox_is_refused(started):
+    sb = started(CommittingBackend, read_only=True)
+    with pytest.raises(UnsupportedOperation, match="read-only sandbox as 'my-env:v1'.*read_only=False"):
+        sb.snapshot("my-env:v1")
+
+
+def test_a_closed_or_unstarted_sandbox_is_refused(fake_plugins, started):
+    sb = started(CommittingBackend)
+    sb.close()
+    with pytest.raises(SandboxClosed):
+        sb.snapshot("my-env:v1")
+    fresh = pybox.Sandbox(image="base:1", backend="fake")
+    with pytest.raises(InvalidArgument, match="not started"):
+        fresh.snapshot("my-env:v1")
+
+
+def test_engine_errors_pass_as_backend_errors(started):
+    class Failing(FakeBackend):
+        name = "fake"
+
+        def commit(self, container_id, tag, labels):
+            raise BackendError(f"Docker refused to save the sandbox as image {tag!r}: boom")
+
+    sb = started(Failing)
+    with pytest.raises(BackendError, match="'my-env:v1': boom"):
+        sb.snapshot("my-env:v1")
