@@ -210,6 +210,20 @@ def pin_allowed_domains(plan: LaunchPlan) -> None:
         plan.extra_hosts += [(entry, address.split("%")[0]) for address in addresses]
 
 
+def keep_image_content(plan: LaunchPlan) -> None:
+    """For a read-only sandbox started from a snapshot (``Sandbox.snapshot``): the
+    sandbox user's scratch directories (~/.local with the packages ``pip install`` put
+    there, ~/.config, ~/.jupyter) become volumes, which engines fill with the image's
+    content, instead of empty tmpfs mounts that would hide it. Like /app's volume they
+    have no size cap. /tmp and the gateway's home stay tmpfs (the snapshot's /tmp is
+    not seen there)."""
+    if not plan.read_only:
+        return
+    moved = [s.path for s in plan.scratch if s.sandbox_owned]
+    plan.scratch = [s for s in plan.scratch if not s.sandbox_owned]
+    plan.volumes += [path for path in moved if path not in plan.volumes]
+
+
 # -- from spec to a checked plan ----------------------------------------------------------
 
 #: The sandbox option each backend feature stands for, as users write it.

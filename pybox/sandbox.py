@@ -31,7 +31,7 @@ from pybox.image_contract import DEFAULT_IMAGE, PRESPAWN_ENV, TLS_CERT_ENV, TLS_
 from pybox.kernel import Kernel
 from pybox.kernel.execution import Execution
 from pybox.kernel.gateway import Gateway
-from pybox.launch import prepare_launch
+from pybox.launch import keep_image_content, prepare_launch
 from pybox.options import (
     DEFAULT_INTERRUPT_GRACE,
     DEFAULT_MAX_OUTPUT,
@@ -57,7 +57,7 @@ from pybox.ownership import (
 )
 from pybox.plugins import get_plugins, resolve_backend_name
 from pybox.pull import ensure_image
-from pybox.snapshot import check_tag, snapshot_labels
+from pybox.snapshot import SNAPSHOT_LABEL, check_tag, snapshot_labels
 from pybox.tls import GatewayCertificate
 
 __all__ = [
@@ -211,7 +211,9 @@ class Sandbox:
                 self._certificate = GatewayCertificate.generate() if backend.gateway_tls else None
                 plan = prepare_launch(self._spec(), backend, get_plugins().adjust_launch_plan)
                 # Pulled when missing and registry-named; refused when built for another protocol.
-                ensure_image(backend, plan.image, self.pull_progress)
+                labels = ensure_image(backend, plan.image, self.pull_progress)
+                if labels and SNAPSHOT_LABEL in labels:
+                    keep_image_content(plan)  # read-only: the snapshot's ~/.local is not hidden
             except BaseException:
                 self._teardown()
                 raise
@@ -430,7 +432,9 @@ class Sandbox:
         while the engine copies it, then runs on untouched. An existing ``tag`` is moved
         to the new image. A read-only sandbox (``read_only=True``) keeps its writable
         files on tmpfs and a volume, which a commit leaves out: it is refused
-        (UnsupportedOperation). The snapshot holds what code in the sandbox wrote, so a
+        (UnsupportedOperation); read-only sandboxes *from* a snapshot see its files (their
+        ~/.local, ~/.config, ~/.jupyter are volumes filled from the image then, not empty
+        tmpfs; their /tmp is still an empty tmpfs). The snapshot holds what code in the sandbox wrote, so a
         sandbox started from it is as trusted as this one (docs/snapshots.md)."""
         tag = check_tag(tag)
         with self._lock:

@@ -205,3 +205,34 @@ def test_engine_errors_pass_as_backend_errors(started):
     sb = started(Failing)
     with pytest.raises(BackendError, match="'my-env:v1': boom"):
         sb.snapshot("my-env:v1")
+
+
+def test_a_read_only_plan_from_a_snapshot_keeps_the_images_home_directories():
+    from pybox.backend import ContainerSpec
+    from pybox.image_contract import GATEWAY_HOME, SANDBOX_HOME, WORKDIR
+    from pybox.launch import keep_image_content, plan_launch
+
+    plan = plan_launch(ContainerSpec(image="snap:1", read_only=True))
+    keep_image_content(plan)
+    assert plan.volumes == [WORKDIR, f"{SANDBOX_HOME}/.local", f"{SANDBOX_HOME}/.config", f"{SANDBOX_HOME}/.jupyter"]
+    assert [s.path for s in plan.scratch] == ["/tmp", GATEWAY_HOME]  # still tmpfs, capped
+    open_plan = plan_launch(ContainerSpec(image="snap:1"))
+    keep_image_content(open_plan)  # nothing hidden without a read-only root
+    assert open_plan.volumes == [] and [s.path for s in open_plan.scratch] == [GATEWAY_HOME]
+
+
+def test_sandbox_start_keeps_the_content_of_a_snapshot_only(started, monkeypatch):
+    labels = {"org.pybox.protocol": "3"}
+
+    class Labelled(FakeBackend):
+        name = "fake"
+
+        def image_labels(self, image):
+            return labels
+
+    sb = started(Labelled, read_only=True)
+    assert not [b for b in Labelled.instances if b.plans][-1].plans[-1].volumes[1:]
+    labels[SNAPSHOT_LABEL] = "pybox:latest"
+    sb = started(Labelled, read_only=True)
+    plan = [b for b in Labelled.instances if b.plans][-1].plans[-1]
+    assert "/home/sandbox/.local" in plan.volumes and sb.id
