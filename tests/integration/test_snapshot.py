@@ -12,12 +12,13 @@ import time
 import uuid
 
 import pytest
-from .conftest import BACKEND, IMAGE, engine_command
 
 import pybox
 from pybox import BackendError, InvalidArgument, UnsupportedOperation
 from pybox.image_contract import GATEWAY_HOME, TOKEN_ENV
 from pybox.snapshot import SNAPSHOT_BASE_ID_LABEL, SNAPSHOT_LABEL
+
+from .conftest import BACKEND, IMAGE, engine_command
 
 # A wheel made in the sandbox, installed with pip from the file (no index, no network).
 MAKE_WHEEL = textwrap.dedent('''
