@@ -236,3 +236,91 @@ def test_sandbox_start_keeps_the_content_of_a_snapshot_only(started, monkeypatch
     sb = started(Labelled, read_only=True)
     plan = [b for b in Labelled.instances if b.plans][-1].plans[-1]
     assert "/home/sandbox/.local" in plan.volumes and sb.id
+
+
+# -- the first-party backends' commit, against a scripted SDK ----------------------------------
+
+
+class ScriptedDockerAPI:
+    """The part of docker-py's APIClient that DockerBackend.commit uses."""
+
+    def __init__(self, *, commit_error=None, committed_config=None, container=CONTAINER, running=True):
+        self.timeout = 60
+        self.calls: list[tuple] = []
+        self.commit_error = commit_error
+        self.committed_config = committed_config
+        self.container = container
+        self.running = running
+
+    def inspect_container(self, container_id):
+        import docker.errors
+
+        if self.container is None:
+            raise docker.errors.NotFound("no such container")
+        return {"Image": "sha256:base", "Config": self.container, "State": {"Running": self.running,
+                                                                             "Status": "running" if self.running
+                                                                             else "exited", "ExitCode": 0}}
+
+    def inspect_image(self, image):
+        if image == "sha256:base":
+            return {"Config": BASE}
+        return {"Config": self.committed_config if self.committed_config is not None else self.conf}
+
+    def commit(self, container, repository=None, tag=None, conf=None, pause=True, **_):
+        self.calls.append(("commit", container, repository, tag, pause, self.timeout))
+        self.conf = conf
+        if self.commit_error is not None:
+            raise self.commit_error
+        return {"Id": "sha256:new"}
+
+    def remove_image(self, image, force=False):
+        self.calls.append(("remove_image", image))
+
+    def close(self):
+        pass
+
+
+def docker_backend(api):
+    pytest.importorskip("docker")
+    from pybox_docker.backend import DockerBackend
+
+    backend = DockerBackend()
+    backend._api = api
+    return backend
+
+
+def test_docker_commit_sends_the_clean_configuration_paused_with_a_long_timeout():
+    api = ScriptedDockerAPI()
+    assert docker_backend(api).commit("c1", "reg.example:5000/env:v1", {SNAPSHOT_LABEL: "base:1"}) == "sha256:new"
+    (call,) = api.calls
+    assert call[:5] == ("commit", "c1", "reg.example:5000/env", "v1", True) and call[5] >= 600
+    assert api.timeout == 60  # restored
+    assert "KG_AUTH_TOKEN=" in api.conf["Env"] and not any("the-token" in e for e in api.conf["Env"])
+    assert api.conf["Labels"]["org.pybox.snapshot.base-id"] == "sha256:base"
+
+
+def test_docker_commit_removes_an_image_that_leaks():
+    api = ScriptedDockerAPI(committed_config=CONTAINER)  # an engine that ignored the configuration
+    with pytest.raises(BackendError, match="kept the container's environment variable KG_AUTH_TOKEN.*removed"):
+        docker_backend(api).commit("c1", "env:v1", {})
+    assert api.calls[-1] == ("remove_image", "sha256:new")
+
+
+def test_docker_commit_errors_name_the_tag_and_chain_the_sdk_error():
+    import docker.errors
+
+    refused = docker.errors.APIError("500", explanation="invalid reference format")
+    with pytest.raises(BackendError, match="'env:v1': invalid reference format") as caught:
+        docker_backend(ScriptedDockerAPI(commit_error=refused)).commit("c1", "env:v1", {})
+    assert caught.value.__cause__ is refused
+    with pytest.raises(BackendError, match="as image env:v1: it is not running"):
+        docker_backend(ScriptedDockerAPI(container=None)).commit("c1", "env:v1", {})
+    with pytest.raises(BackendError, match="it is not running .*exited"):
+        docker_backend(ScriptedDockerAPI(running=False)).commit("c1", "env:v1", {})
+    import requests
+
+    with pytest.raises(pybox.BackendUnavailable):
+        docker_backend(ScriptedDockerAPI(commit_error=requests.ConnectionError("down"))).commit("c1", "env:v1", {})
+    with pytest.raises(BackendError, match="did not finish") as caught:
+        docker_backend(ScriptedDockerAPI(commit_error=requests.ReadTimeout("slow"))).commit("c1", "env:v1", {})
+    assert isinstance(caught.value.__cause__, requests.ReadTimeout)

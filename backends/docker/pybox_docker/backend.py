@@ -36,6 +36,9 @@ from pybox.launch import client_host, labels_from_inspect, published_host_port, 
 from pybox.pull import pull_error
 from pybox.snapshot import SNAPSHOT_BASE_ID_LABEL, leaked_config, snapshot_config, split_tag
 
+#: Seconds a commit (Sandbox.snapshot) may take: the engine copies the container's layer.
+COMMIT_TIMEOUT = 3600
+
 UNAVAILABLE_HINT = (
     "Is the Docker engine running? Start it (`systemctl start docker`, or `dockerd &` "
     "where there is no systemd) or point DOCKER_HOST at a running engine"
@@ -263,7 +266,9 @@ class DockerBackend(Backend):
     def commit(self, container_id: str, tag: str, labels: Mapping[str, str]) -> str:
         api = self.api
         repository, version = split_tag(tag)
-        with self._errors(f"save the sandbox as image {tag}"):
+        # The archive lock: an upload pausing and unpausing the container meanwhile would
+        # unfreeze it mid-commit.
+        with self._archive_lock, self._errors(f"save the sandbox as image {tag}"):
             info = self._inspect(container_id)
             state = state_from_inspect(info)
             if info is None or not state.running:
@@ -271,20 +276,27 @@ class DockerBackend(Backend):
                                    f"running ({state.describe()})")
             base_id = str(info.get("Image") or "")
             try:
-                base = (api.inspect_image(base_id).get("Config") or {})
+                base = api.inspect_image(base_id).get("Config") or {}
             except docker.errors.NotFound as exc:
                 raise BackendError(f"cannot save sandbox container {container_id[:12]} as image {tag}: the image it "
                                    f"started from ({base_id[:19]}) is gone from the engine") from exc
             conf = snapshot_config(base, info.get("Config"), {**labels, SNAPSHOT_BASE_ID_LABEL: base_id})
+            # A large layer takes the engine a while: the client's usual 60 s would cut it off.
+            previous, api.timeout = api.timeout, COMMIT_TIMEOUT
             try:
                 # pause=True: the container is frozen while the engine reads its layer.
                 answer = api.commit(container_id, repository=repository, tag=version, conf=conf, pause=True)
+            except requests.Timeout as exc:
+                raise BackendError(f"Docker did not finish saving the sandbox as image {tag} within "
+                                   f"{COMMIT_TIMEOUT} s") from exc
             except docker.errors.NotFound as exc:
                 raise BackendError(f"cannot save sandbox container {container_id[:12]} as image {tag}: it no "
                                    f"longer exists") from exc
             except docker.errors.APIError as exc:
                 raise BackendError(f"Docker refused to save the sandbox as image {tag!r}: "
                                    f"{exc.explanation or exc}") from exc
+            finally:
+                api.timeout = previous
             image_id = str(answer.get("Id") or "")
             leaked = leaked_config(api.inspect_image(image_id).get("Config"), base)
             if leaked:

@@ -397,7 +397,9 @@ class PodmanBackend(Backend):
 
     def commit(self, container_id: str, tag: str, labels: Mapping[str, str]) -> str:
         repository, version = split_tag(tag)
-        with self._errors(f"save the sandbox as image {tag}"):
+        # The archive lock: an upload pausing and unpausing the container meanwhile would
+        # unfreeze it mid-commit.
+        with self._archive_lock, self._errors(f"save the sandbox as image {tag}"):
             info = self._inspect(container_id, "inspect the sandbox container")
             state = state_from_inspect(info)
             if info is None or not state.running:
