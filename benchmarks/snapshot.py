@@ -26,7 +26,8 @@ import base64, hashlib, subprocess, sys, zipfile
 files = {
     "snapdemo/__init__.py": "VALUE = 'from-a-wheel'\\n",
     "snapdemo-1.0.dist-info/METADATA": "Metadata-Version: 2.1\\nName: snapdemo\\nVersion: 1.0\\n",
-    "snapdemo-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: bench\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+    "snapdemo-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\\nGenerator: bench\\nRoot-Is-Purelib: true\\n"
+                                    "Tag: py3-none-any\\n",
 }
 record = []
 for name, text in files.items():
@@ -47,7 +48,8 @@ _ = open("/app/data.txt", "w").write("x" * 100_000)
 
 def row(name: str, values: list[float]) -> str:
     ms = [v * 1000 for v in values]
-    return f"{name:<28} median {statistics.median(ms):8.0f} ms   min {min(ms):8.0f}   max {max(ms):8.0f}   (n={len(ms)})"
+    median = statistics.median(ms)
+    return f"{name:<28} median {median:8.0f} ms   min {min(ms):8.0f}   max {max(ms):8.0f}   (n={len(ms)})"
 
 
 def cold_start(image: str, backend: str | None, code: str, expected: str) -> float:
