@@ -324,3 +324,26 @@ def test_docker_commit_errors_name_the_tag_and_chain_the_sdk_error():
     with pytest.raises(BackendError, match="did not finish") as caught:
         docker_backend(ScriptedDockerAPI(commit_error=requests.ReadTimeout("slow"))).commit("c1", "env:v1", {})
     assert isinstance(caught.value.__cause__, requests.ReadTimeout)
+
+
+def test_a_pool_starts_its_sandboxes_from_a_snapshot_tag(fake_plugins, monkeypatch):
+    import time
+
+    class Labelled(FakeBackend):
+        name = "fake"
+
+        def image_labels(self, image):
+            return {"org.pybox.protocol": "3", SNAPSHOT_LABEL: "pybox:latest"}
+
+    plugins = Plugins(load_entry_points=False)
+    plugins.register(FakeBackendPlugin(Labelled), name="fake-plugin")
+    monkeypatch.setattr(pybox.plugins, "_plugins", plugins)
+    monkeypatch.setenv("PYBOX_NO_PROCESS_HOOKS", "1")
+    monkeypatch.setattr(Gateway, "ready", lambda self, timeout=1.0: False)  # never ready: starts only
+    with pybox.Pool(size=1, image="my-env:v1", backend="fake", read_only=True, startup_timeout=1) as pool:
+        assert pool.options.image == "my-env:v1"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not [b for b in Labelled.instances if b.plans]:
+            time.sleep(0.02)
+    (plan, *_) = [b for b in Labelled.instances if b.plans][0].plans
+    assert plan.image == "my-env:v1" and "/home/sandbox/.local" in plan.volumes and plan.read_only
