@@ -211,6 +211,15 @@ PLANT = textwrap.dedent('''
     for name in ("sitecustomize.py", "usercustomize.py"):
         open(os.path.join(user_site, name), "w").write(marker + "\\n")
     open(os.path.join(user_site, "zzz-planted.pth"), "w").write(marker + "\\n")
+    # Modules the gateway imports, and Jupyter config files where a Jupyter app might look
+    # (the gateway's working directory is /app): the gateway would run them as uid 999.
+    for directory in (user_site, "/app"):
+        open(os.path.join(directory, "kernel_gateway.py"), "w").write(marker + "\\n")
+    os.makedirs(os.path.expanduser("~/.jupyter"), exist_ok=True)
+    for directory in ("/app", os.path.expanduser("~/.jupyter")):
+        for name in ("jupyter_config.py", "jupyter_server_config.py", "jupyter_kernel_gateway_config.py",
+                     "jupyter_notebook_config.py"):
+            open(os.path.join(directory, name), "w").write(marker + "\\n")
     # Files that look like the gateway's, where code can write.
     for path in ("/tmp/kernel-pybox-0000.json", "/app/kernel-pybox-0001.json"):
         open(path, "w").write('{"key": "planted", "transport": "tcp"}')
