@@ -287,3 +287,29 @@ def test_a_read_only_sandbox_is_refused(tags):
     with pybox.Sandbox(image=IMAGE, backend=BACKEND, read_only=True) as sb:
         with pytest.raises(UnsupportedOperation, match="read-only"):
             sb.snapshot(tag_name("read-only"))
+
+
+def test_the_container_is_frozen_while_the_engine_copies_it(tags):
+    tag = tag_name("frozen")
+    tags.append(tag)
+    with pybox.Sandbox(image=IMAGE, backend=BACKEND) as sb:
+        # A thread of the kernel's notes the time every 2 ms, and 50 MB give the engine work.
+        sb.run(textwrap.dedent('''
+            import os, threading, time
+            with open("/app/ballast", "wb") as f:
+                f.write(os.urandom(50 << 20))
+            ticks = []
+            def tick():
+                while len(ticks) < 200_000:
+                    ticks.append(time.time()); time.sleep(0.002)
+            threading.Thread(target=tick, daemon=True).start()
+            time.sleep(0.3)
+        '''))
+        started = time.time()
+        sb.snapshot(tag)
+        ended = time.time()
+        gap = float(sb.run(f"window = [t for t in ticks if {started} - 0.5 < t < {ended} + 0.5]\n"
+                           f"print(max(b - a for a, b in zip(window, window[1:])))").text)
+    took = ended - started
+    # Unfrozen, the thread would tick every few ms; frozen, it stops for most of the commit.
+    assert gap >= 0.5 * took and gap > 0.05, (gap, took)
