@@ -62,6 +62,13 @@ def cold_start(image: str, backend: str | None) -> float:
 
 
 def throughput(sb: pybox.Sandbox, megabytes: int = 10) -> None:
+    size, elapsed, exact = throughput_figures(sb, megabytes)
+    print(f"stdout throughput: {size / 1e6:.1f} MB in {elapsed:.3f} s = {size / 1e6 / elapsed:.1f} MB/s, "
+          f"byte-exact: {exact}")
+
+
+def throughput_figures(sb: pybox.Sandbox, megabytes: int = 10) -> tuple[int, float, bool]:
+    """(characters received, seconds, byte-exact) for ``megabytes`` MB printed in 99-byte lines."""
     line = "0123456789" * 9 + "abcdefgh\n"  # 99 bytes
     count = megabytes * 1_000_000 // len(line) + 1
     expected = hashlib.sha256((line * count).encode()).hexdigest()
@@ -72,10 +79,8 @@ def throughput(sb: pybox.Sandbox, megabytes: int = 10) -> None:
     started = time.perf_counter()
     result = sb.run(code, timeout=300, max_output=None)
     elapsed = time.perf_counter() - started
-    size = len(result.stdout)
     exact = hashlib.sha256(result.stdout.encode()).hexdigest() == expected
-    print(f"stdout throughput: {size / 1e6:.1f} MB in {elapsed:.3f} s = {size / 1e6 / elapsed:.1f} MB/s, "
-          f"byte-exact: {exact}")
+    return len(result.stdout), elapsed, exact
 
 
 def stress(sb: pybox.Sandbox, executions: int, kernels: int = 8, threads: int = 4) -> None:

@@ -375,7 +375,7 @@ class Sandbox:
         python = language in (None, "python")
         kernel = Kernel(self._started_gateway(), kernel_id, interrupt_grace=options.interrupt_grace,
                         explain_death=self._explain_death, startup_code=options.startup_code if python else None,
-                        max_output=options.max_output, name=name, language=language)
+                        max_output=options.max_output, name=name, language=language, on_fork=self._kernels.append)
         self._kernels.append(kernel)
         return kernel
 

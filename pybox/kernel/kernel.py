@@ -99,6 +99,7 @@ class Kernel:
         max_output: int | None = DEFAULT_MAX_OUTPUT,
         name: str | None = None,
         language: str | None = None,
+        on_fork: Callable[[Kernel], None] | None = None,
     ):
         self.id = check_kernel_id(kernel_id, InvalidArgument)
         self.gateway = gateway
@@ -113,6 +114,10 @@ class Kernel:
         # Weakly: the channel's reader thread holds this kernel, and a strong reference
         # to its sandbox here would keep a forgotten sandbox (and its container) alive.
         self._explain_death = _weakly(explain_death)
+        self._on_fork = on_fork
+        #: Names of this kernel's variables a fork could not copy (``fork()``): empty
+        #: unless this kernel is a fork.
+        self.fork_skipped: list[str] = []
         self._session = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._watch = threading.Condition(self._lock)  # wakes the watchdog
@@ -628,6 +633,53 @@ class Kernel:
             raise InvalidArgument(f"no Python source for module(s) {', '.join(missing)} in the sandbox")
         return {name: text for name, text in sources.items() if text is not None}
 
+    def fork(self, timeout: float | None = 120.0) -> Kernel:
+        """A new kernel in the same container that starts as a copy of this one's state:
+        its variables (functions, classes and lambdas defined in it included) and the
+        modules bound to names, the original untouched. An agent tries a branch without
+        losing or recomputing its state.
+
+        The state is copied, not the process: each variable is pickled here
+        (cloudpickle) and streamed to a new kernel over a socket inside the container.
+        A variable that cannot be pickled (an open file, a socket, a thread, a
+        generator...) is left out and named in the new kernel's ``fork_skipped``; so are
+        names starting with ``_`` (IPython's ``_``, ``_i1``...) and nothing else. Code
+        running in this kernel is waited for (the copy is an execution like any other).
+        Python kernels only. Close the fork when done (``Sandbox.close`` closes it too)."""
+        if self.language not in (None, "python"):
+            raise InvalidArgument(f"fork needs a Python kernel; kernel {self.id} is {self.name!r} ({self.language})")
+        deadline = deadline_after(timeout)
+        self._prepare()
+        child = Kernel(self.gateway, self.gateway.create_kernel(), interrupt_grace=self.interrupt_grace,
+                       explain_death=self._explain_death, startup_code=self.startup_code,
+                       max_output=self.max_output, on_fork=self._on_fork)
+        try:
+            address = f"pybox-fork-{uuid.uuid4().hex}"
+            left = None if deadline is None else max(1.0, deadline - time.monotonic())
+            arguments = f"{address!r}, {left!r}"
+            receiving = child._enqueue(_FORK_RECEIVE.replace("ARGUMENTS", arguments), store_history=False,
+                                       max_output=_MAX_SOURCES)
+            sending = self._enqueue(_FORK_SEND.replace("ARGUMENTS", arguments), store_history=False,
+                                    max_output=_MAX_SOURCES)
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic()) + 5
+            sending.result(timeout=wait)
+            received = receiving.result(timeout=wait)
+            try:
+                skipped = json.loads(received.stdout)
+            except ValueError as exc:
+                raise KernelError(f"kernel {child.id} answered the fork with something that is not JSON: "
+                                  f"{received.stdout[:200]!r}") from exc
+            if not isinstance(skipped, list) or not all(isinstance(name, str) for name in skipped):
+                raise KernelError(f"kernel {child.id} answered the fork with JSON of the wrong shape: "
+                                  f"{received.stdout[:200]!r}")
+            child.fork_skipped = skipped
+        except BaseException:
+            child.close()
+            raise
+        if self._on_fork is not None:
+            self._on_fork(child)
+        return child
+
     def set_startup_code(self, code: str | None, timeout: float = 120.0) -> None:
         """Replace the kernel's start-up code and run it now (it runs again after every
         restart). KernelError if it raises."""
@@ -752,6 +804,85 @@ def _due_time(execution: Execution) -> float | None:
 
 #: The most characters of module sources one module_sources call accepts.
 _MAX_SOURCES = 64 * 1024 * 1024
+
+
+# Kernel.fork: the parent pickles each variable and streams it to the new kernel over
+# an abstract unix socket (the container's own network namespace; a random name); each
+# side is one function, defined, called and deleted in one execution (no history).
+_FORK_SEND = """
+def _pybox_fork_send(address, timeout):
+    import json, socket, time, types
+    try:
+        import cloudpickle as pickler
+    except ImportError:
+        import pickle as pickler
+    shell = get_ipython()
+    hidden = shell.user_ns_hidden
+    modules, values, skipped = {}, [], []
+    for name, value in list(shell.user_ns.items()):
+        if name.startswith('_') or (name in hidden and hidden[name] is value):
+            continue
+        if isinstance(value, types.ModuleType):
+            modules[name] = value.__name__
+            continue
+        try:
+            values.append((name, pickler.dumps(value, protocol=5)))
+        except Exception:
+            skipped.append(name)
+    give_up = time.monotonic() + timeout
+    while True:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            connection.connect('\\0' + address)
+            break
+        except OSError:
+            connection.close()
+            if time.monotonic() > give_up:
+                raise
+            time.sleep(0.005)
+    with connection:
+        header = {'modules': modules, 'skipped': skipped, 'values': [(n, len(d)) for n, d in values]}
+        connection.sendall(json.dumps(header).encode() + b'\\n')
+        for _, data in values:
+            connection.sendall(data)
+try:
+    _pybox_fork_send(ARGUMENTS)
+finally:
+    del _pybox_fork_send
+"""
+_FORK_RECEIVE = """
+def _pybox_fork_receive(address, timeout):
+    import importlib, json, socket
+    try:
+        import cloudpickle as pickler
+    except ImportError:
+        import pickle as pickler
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind('\\0' + address)
+        server.listen(1)
+        server.settimeout(timeout)
+        connection, _ = server.accept()
+    namespace = get_ipython().user_ns
+    with connection, connection.makefile('rb') as stream:
+        header = json.loads(stream.readline())
+        skipped = list(header['skipped'])
+        for name, module in header['modules'].items():
+            try:
+                namespace[name] = importlib.import_module(module)
+            except Exception:
+                skipped.append(name)
+        for name, size in header['values']:
+            data = stream.read(size)
+            try:
+                namespace[name] = pickler.loads(data)
+            except Exception:
+                skipped.append(name)
+    print(json.dumps(sorted(skipped)))
+try:
+    _pybox_fork_receive(ARGUMENTS)
+finally:
+    del _pybox_fork_receive
+"""
 
 
 def _weakly(callback: Callable[[], str | None] | None) -> Callable[[], str | None] | None:

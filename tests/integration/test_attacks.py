@@ -313,3 +313,95 @@ def test_a_forgotten_sandbox_with_a_kernel_open_is_collected_and_its_container_r
     while engine.inspect(container).status != "removed" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert engine.inspect(container).status == "removed"
+
+
+# -- the kernel fork server runs as the sandbox user: kernel code can kill, stop or replace it
+
+
+FIND_FORK_SERVER = """
+import os
+def fork_server():
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            cmdline = open(f'/proc/{pid}/cmdline', 'rb').read()
+            parent = open(f'/proc/{pid}/status').read().split('PPid:')[1].split()[0]
+            parent_uid = open(f'/proc/{parent}/status').read().split('Uid:')[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        # kernels forked from it say the same but have threads (an orphan's parent is the gateway too)
+        if b'pybox_forkserver.py' in cmdline and parent_uid == '999' and len(os.listdir(f'/proc/{pid}/task')) == 1:
+            return int(pid)
+"""
+
+def _start_the_fork_server(sb):
+    sb.kernel().close()  # the second kernel of a sandbox starts the server (and a spare)
+    found = sb.run(FIND_FORK_SERVER + "import time\nfor _ in range(300):\n    if fork_server():\n        break\n"
+                   "    time.sleep(0.1)\nprint(fork_server() is not None)", timeout=60).text
+    assert found == "True"
+
+
+KERNEL_FACTS = "import os\nprint(os.getuid(), open('/proc/self/status').read().split('CapEff:')[1].split()[0])"
+
+
+def _kernels_still_start(sb):
+    for _ in range(3):  # the stock launch, then forks from a fresh server, then its spare
+        kernel = sb.kernel()
+        assert kernel.run(KERNEL_FACTS).text == "1000 0000000000000000"
+    assert sb.run("print('the first kernel is untouched')").text == "the first kernel is untouched"
+
+
+def test_killing_the_fork_server_costs_no_kernel(fresh_sandbox):
+    fresh_sandbox.run("x = 41")
+    _start_the_fork_server(fresh_sandbox)
+    killed = fresh_sandbox.run(FIND_FORK_SERVER + "import signal\nos.kill(fork_server(), signal.SIGKILL)\n"
+                               "print('killed')").text
+    assert killed == "killed"
+    _kernels_still_start(fresh_sandbox)
+    assert fresh_sandbox.run("print(x + 1)").text == "42"
+    assert "pybox_forkserver" in fresh_sandbox.run(FIND_FORK_SERVER + "print(open(f'/proc/{fork_server()}/cmdline')"
+                                                  ".read())").text  # a fresh one
+
+
+def test_a_stopped_fork_server_delays_a_kernel_start_but_never_blocks_it(fresh_sandbox):
+    _start_the_fork_server(fresh_sandbox)
+    fresh_sandbox.run(FIND_FORK_SERVER + "import signal\nos.kill(fork_server(), signal.SIGSTOP)")
+    started = time.monotonic()
+    kernel = fresh_sandbox.kernel()  # the gateway gives up on the server after 10 s
+    assert kernel.run(KERNEL_FACTS).text == "1000 0000000000000000"
+    assert time.monotonic() - started < 60
+    _kernels_still_start(fresh_sandbox)
+
+
+LYING_FORK_SERVER = r"""
+import os, site
+user_site = site.getusersitepackages()
+os.makedirs(user_site, exist_ok=True)
+# Run by the fork server at its start (it is the sandbox user's Python, user site on):
+# the gateway is told the kernel it asked for is pid 1, the gateway itself.
+with open(os.path.join(user_site, 'zzz_lie.py'), 'w') as f:
+    f.write("import os, sys\n"
+            "if sys.argv and sys.argv[0].endswith('pybox_forkserver.py'):\n"
+            "    real_fork = os.fork\n"
+            "    def lying_fork():\n"
+            "        pid = real_fork()\n"
+            "        return pid if pid == 0 else 1\n"
+            "    os.fork = lying_fork\n")
+with open(os.path.join(user_site, 'zzz_lie.pth'), 'w') as f:
+    f.write("import zzz_lie\n")
+"""
+
+
+def test_a_fork_server_naming_another_process_is_not_believed(fresh_sandbox):
+    _start_the_fork_server(fresh_sandbox)
+    fresh_sandbox.run(LYING_FORK_SERVER)
+    # The planted file changed the user's site-packages: the server in place exits at
+    # the next request, the next one starts with the lie planted.
+    for _ in range(3):
+        try:
+            fresh_sandbox.kernel().run("print(1)", timeout=30)
+        except pybox.PyboxError:
+            pass  # the start that caught the lie may lose its ports to the liar's kernel
+    _kernels_still_start(fresh_sandbox)
+    assert fresh_sandbox.run(FIND_FORK_SERVER + "print(fork_server())").text == "None"  # killed, not restarted
+    # The gateway (pid 1 in the container) is alive and never signalled itself.
+    assert fresh_sandbox.run("print(open('/proc/1/status').read().split('Uid:')[1].split()[0])").text == "999"

@@ -38,3 +38,22 @@ def test_module_sources(sandbox):
         sandbox.module_sources(["no_such_module"])
     with pytest.raises(pybox.InvalidArgument):
         sandbox.module_sources("json")
+
+
+def test_a_fork_starts_as_a_copy_of_the_kernel_and_leaves_it_untouched(fresh_sandbox):
+    fresh_sandbox.run("import json, os as operating\nx = 41\nbig = b'x' * (8 << 20)\nf = lambda v: v + 1\n"
+                      "class C:\n    def m(self):\n        return 'method'\nc = C()\n"
+                      "gen = (i for i in range(3))\n_private = 1")
+    fork = fresh_sandbox.default_kernel.fork()
+    assert fork.id != fresh_sandbox.default_kernel.id
+    assert fork.fork_skipped == ["gen"]  # a generator cannot be copied; `_` names are not
+    assert fork.run("print(f(x), len(big), c.m(), json.dumps(operating.sep), '_private' in dir())").text \
+        == '42 8388608 method "/" False'
+    fork.run("x = 0\nbig = None\nimport sys")
+    # The original is untouched, and its process is not the fork's.
+    assert fresh_sandbox.run("print(x, len(big), 'sys' in dir())").text == "41 8388608 False"
+    assert fork.run("import os; print(os.getpid())").text != fresh_sandbox.run("print(operating.getpid())").text
+    # A fork of a fork; and the sandbox closes forks with itself.
+    assert fork.fork().run("print(x)").text == "0"
+    with pytest.raises(pybox.InvalidArgument, match="Python kernel"):
+        fresh_sandbox.kernel("bash").fork()
