@@ -244,7 +244,9 @@ def test_sandbox_start_keeps_the_content_of_a_snapshot_only(started, monkeypatch
 class ScriptedDockerAPI:
     """The part of docker-py's APIClient that DockerBackend.commit uses."""
 
-    def __init__(self, *, commit_error=None, committed_config=None, container=CONTAINER, running=True):
+    def __init__(self, *, commit_error=None, committed_config=None, container=CONTAINER, running=True,
+                 container_config=None):
+        self.container_config = container_config
         self.timeout = 60
         self.calls: list[tuple] = []
         self.commit_error = commit_error
@@ -264,14 +266,25 @@ class ScriptedDockerAPI:
     def inspect_image(self, image):
         if image == "sha256:base":
             return {"Config": BASE}
-        return {"Config": self.committed_config if self.committed_config is not None else self.conf}
+        config = self.committed_config if self.committed_config is not None else self.conf
+        return {"Config": config, "ContainerConfig": self.container_config or config}
 
     def commit(self, container, repository=None, tag=None, conf=None, pause=True, **_):
         self.calls.append(("commit", container, repository, tag, pause, self.timeout))
         self.conf = conf
         if self.commit_error is not None:
             raise self.commit_error
-        return {"Id": "sha256:new"}
+        return {"Id": "sha256:new" if repository else "sha256:layer"}
+
+    def create_host_config(self, **_):
+        return {}
+
+    def create_container(self, image, host_config=None, **kwargs):
+        self.calls.append(("create_container", image, kwargs))
+        return {"Id": "helper"}
+
+    def remove_container(self, container, force=False, v=False):
+        self.calls.append(("remove_container", container))
 
     def remove_image(self, image, force=False):
         self.calls.append(("remove_image", image))
@@ -292,8 +305,13 @@ def docker_backend(api):
 def test_docker_commit_sends_the_clean_configuration_paused_with_a_long_timeout():
     api = ScriptedDockerAPI()
     assert docker_backend(api).commit("c1", "reg.example:5000/env:v1", {SNAPSHOT_LABEL: "base:1"}) == "sha256:new"
-    (call,) = api.calls
-    assert call[:5] == ("commit", "c1", "reg.example:5000/env", "v1", True) and call[5] >= 600
+    # The sandbox's container is committed untagged, paused; a container made from that (never
+    # started: its configuration is the clean one) is committed as the snapshot, then removed.
+    first, create, second, remove = api.calls
+    assert first[:5] == ("commit", "c1", None, None, True) and first[5] >= 600
+    assert create == ("create_container", "sha256:layer", {})
+    assert second[:5] == ("commit", "helper", "reg.example:5000/env", "v1", False)
+    assert remove == ("remove_container", "helper")
     assert api.timeout == 60  # restored
     assert "KG_AUTH_TOKEN=" in api.conf["Env"] and not any("the-token" in e for e in api.conf["Env"])
     assert api.conf["Labels"]["org.pybox.snapshot.base-id"] == "sha256:base"
@@ -302,6 +320,14 @@ def test_docker_commit_sends_the_clean_configuration_paused_with_a_long_timeout(
 def test_docker_commit_removes_an_image_that_leaks():
     api = ScriptedDockerAPI(committed_config=CONTAINER)  # an engine that ignored the configuration
     with pytest.raises(BackendError, match="kept the container's environment variable KG_AUTH_TOKEN.*removed"):
+        docker_backend(api).commit("c1", "env:v1", {})
+    assert api.calls[-1] == ("remove_image", "sha256:new")
+
+
+def test_docker_commit_removes_an_image_whose_container_config_leaks():
+    # Docker up to 24 records the committed container's configuration in the image.
+    api = ScriptedDockerAPI(container_config=CONTAINER)
+    with pytest.raises(BackendError, match="KG_AUTH_TOKEN \\(in ContainerConfig\\)"):
         docker_backend(api).commit("c1", "env:v1", {})
     assert api.calls[-1] == ("remove_image", "sha256:new")
 

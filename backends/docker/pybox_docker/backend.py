@@ -284,8 +284,18 @@ class DockerBackend(Backend):
             # A large layer takes the engine a while: the client's usual 60 s would cut it off.
             previous, api.timeout = api.timeout, COMMIT_TIMEOUT
             try:
-                # pause=True: the container is frozen while the engine reads its layer.
-                answer = api.commit(container_id, repository=repository, tag=version, conf=conf, pause=True)
+                # pause=True: the container is frozen while the engine reads its layer. Docker
+                # up to 24 also records the committed container's whole configuration in the
+                # image (ContainerConfig, pushed and saved with it): the token, env=. So this
+                # first image stays untagged, and a container created from it (its config the
+                # clean one above, never started) is committed as the snapshot.
+                layer = api.commit(container_id, conf=conf, pause=True)
+                helper = api.create_container(str(layer.get("Id") or ""), host_config=api.create_host_config())
+                try:
+                    answer = api.commit(helper["Id"], repository=repository, tag=version, conf=conf, pause=False)
+                finally:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        api.remove_container(helper["Id"], force=True, v=True)
             except requests.Timeout as exc:
                 raise BackendError(f"Docker did not finish saving the sandbox as image {tag} within "
                                    f"{COMMIT_TIMEOUT} s") from exc
@@ -298,7 +308,9 @@ class DockerBackend(Backend):
             finally:
                 api.timeout = previous
             image_id = str(answer.get("Id") or "")
-            leaked = leaked_config(api.inspect_image(image_id).get("Config"), base)
+            image = api.inspect_image(image_id)
+            leaked = leaked_config(image.get("Config"), base) + [
+                f"{what} (in ContainerConfig)" for what in leaked_config(image.get("ContainerConfig"), base)]
             if leaked:
                 self.remove_image(image_id)
                 raise BackendError(f"the image Docker made of the sandbox kept the container's "
