@@ -202,7 +202,10 @@ class Backend(abc.ABC):
         gateway's token, a remote sandbox's TLS key, the user's ``env`` and pybox's owner
         labels: build it with ``pybox.snapshot.snapshot_config`` (engines merge the
         container's environment and labels into a commit; that function empties what
-        only the container has) plus ``labels``, and check the result with
+        only the container has) plus ``labels``; an engine that also records the committed
+        container's configuration in the image (Docker up to 24: ContainerConfig) must
+        commit a container whose configuration is clean (pybox_docker commits a never-started
+        container made from a first, untagged commit); and check the result with
         ``pybox.snapshot.leaked_config``, removing the image and raising BackendError when
         it leaks; (2) mounts are left out: binds, volumes and the tmpfs scratch mounts
         (``plan.scratch``: among them the gateway's runtime directory, GATEWAY_HOME, with
