@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import Mapping, Sequence
 
-from pybox.backend import Backend, Bind, ContainerSpec, Limits, PullProgressCallback
+from pybox.backend import Backend, Bind, ContainerSpec, LaunchPlan, Limits, PullProgressCallback
 from pybox.errors import (
     BackendError,
     BackendUnavailable,
@@ -143,6 +143,7 @@ class Sandbox:
         self._backend: Backend | None = None
         self._gateway: Gateway | None = None
         self._certificate: GatewayCertificate | None = None
+        self._plan: LaunchPlan | None = None  # as started (plugins may have changed it)
         self._kernels: list[Kernel] = []
         self._default: Kernel | None = None
         self._adopted_prespawn = False
@@ -209,7 +210,7 @@ class Sandbox:
                 # Across a network, the gateway's traffic is encrypted with this sandbox's own
                 # certificate, which only this client trusts (pybox.tls).
                 self._certificate = GatewayCertificate.generate() if backend.gateway_tls else None
-                plan = prepare_launch(self._spec(), backend, get_plugins().adjust_launch_plan)
+                plan = self._plan = prepare_launch(self._spec(), backend, get_plugins().adjust_launch_plan)
                 # Pulled when missing and registry-named; refused when built for another protocol.
                 labels = ensure_image(backend, plan.image, self.pull_progress)
                 if labels and SNAPSHOT_LABEL in labels:
@@ -439,11 +440,16 @@ class Sandbox:
         tag = check_tag(tag)
         with self._lock:
             backend, container = self._started_container()
-            if self.options.read_only:
+            plan = self._plan
+            if self.options.read_only or (plan is not None and plan.read_only):
+                by_plugin = "" if self.options.read_only else " (made read-only by a plugin's pybox_adjust_launch_plan)"
                 raise UnsupportedOperation(
-                    f"cannot snapshot a read-only sandbox as {tag!r}: its writable files (/app, ~/.local, "
-                    f"/tmp...) are on a volume and tmpfs mounts, which an image commit leaves out. Snapshot "
-                    f"a sandbox started with read_only=False, and start read-only sandboxes from that image")
+                    f"cannot snapshot a read-only sandbox{by_plugin} as {tag!r}: its writable files (/app, "
+                    f"~/.local, /tmp...) are on a volume and tmpfs mounts, which an image commit leaves out. "
+                    f"Snapshot a sandbox started with read_only=False, and start read-only sandboxes from that image")
+            if plan is not None and plan.volumes:
+                log.warning("snapshot %s of sandbox %s: the content of its volumes (%s) is not in the image",
+                            tag, container[:12], ", ".join(plan.volumes))
             started = time.monotonic()
             image_id = backend.commit(container, tag, snapshot_labels(self.image))
             log.info("sandbox %s saved as image %s (%s) in %.2f s", container[:12], tag, image_id[:19],

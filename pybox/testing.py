@@ -289,7 +289,10 @@ class BackendContract:
             with pybox.Sandbox(image=self.image, backend=self.backend, network=self._network(),
                                env={"PYBOX_CONTRACT_SECRET": "not-in-the-image"}) as sandbox:
                 sandbox.run("open('/app/contract-snapshot', 'w').write('kept'); in_memory = 1")
-                assert sandbox.snapshot(tag), "commit returns the new image's id"
+                try:
+                    assert sandbox.snapshot(tag), "commit returns the new image's id"
+                except UnsupportedOperation as exc:  # a plugin made every sandbox read-only
+                    pytest.skip(f"snapshots refused here: {exc}")
                 assert sandbox.run("print(in_memory)").text == "1", "the sandbox runs on after a snapshot"
             try:
                 labels = engine.image_labels(tag)

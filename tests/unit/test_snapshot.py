@@ -373,3 +373,23 @@ def test_a_pool_starts_its_sandboxes_from_a_snapshot_tag(fake_plugins, monkeypat
             time.sleep(0.02)
     (plan, *_) = [b for b in Labelled.instances if b.plans][0].plans
     assert plan.image == "my-env:v1" and "/home/sandbox/.local" in plan.volumes and plan.read_only
+
+
+def test_a_sandbox_a_plugin_made_read_only_is_refused(fake_plugins, monkeypatch):
+    from pybox.hookspecs import hookimpl
+
+    class Hardening:
+        @hookimpl
+        def pybox_adjust_launch_plan(self, plan, backend):
+            plan.read_only = True
+
+    CommittingBackend.committed.clear()
+    plugins = Plugins(load_entry_points=False)
+    plugins.register(FakeBackendPlugin(CommittingBackend), name="fake-plugin")
+    plugins.register(Hardening(), name="hardening")
+    monkeypatch.setattr(pybox.plugins, "_plugins", plugins)
+    monkeypatch.setattr(Gateway, "ready", lambda self, timeout=1.0: True)
+    with pybox.Sandbox(image="base:1", backend="fake") as sb:
+        with pytest.raises(UnsupportedOperation, match="made read-only by a plugin"):
+            sb.snapshot("my-env:v1")
+    assert CommittingBackend.committed == []
