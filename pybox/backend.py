@@ -204,7 +204,7 @@ class Backend(abc.ABC):
         container's environment and labels into a commit; that function empties what
         only the container has) plus ``labels``; an engine that also records the committed
         container's configuration in the image (Docker up to 24: ContainerConfig) must
-        commit a container whose configuration is clean (pybox_docker commits a never-started
+        commit a container whose configuration is clean (the docker backend commits a never-started
         container made from a first, untagged commit); and check the result with
         ``pybox.snapshot.leaked_config``, removing the image and raising BackendError when
         it leaks; (2) mounts are left out: binds, volumes and the tmpfs scratch mounts
