@@ -192,6 +192,34 @@ class Backend(abc.ABC):
         the image with pybox's version)."""
         raise UnsupportedOperation(f"the {self.name} backend cannot tag images")
 
+    def commit(self, container_id: str, tag: str, labels: Mapping[str, str]) -> str:
+        """Save the running container's filesystem as image ``tag`` on this engine and
+        return the new image's id (``Sandbox.snapshot``). Optional: this default raises
+        UnsupportedOperation.
+
+        Obligations, each a security property: (1) the image has the configuration of
+        the image the container started from, never the container's, which holds the
+        gateway's token, a remote sandbox's TLS key, the user's ``env`` and pybox's owner
+        labels: build it with ``pybox.snapshot.snapshot_config`` (engines merge the
+        container's environment and labels into a commit; that function empties what
+        only the container has) plus ``labels``; an engine that also records the committed
+        container's configuration in the image (Docker up to 24: ContainerConfig) must
+        commit a container whose configuration is clean (the docker backend commits a never-started
+        container made from a first, untagged commit); and check the result with
+        ``pybox.snapshot.leaked_config``, removing the image and raising BackendError when
+        it leaks; (2) mounts are left out: binds, volumes and the tmpfs scratch mounts
+        (``plan.scratch``: among them the gateway's runtime directory, GATEWAY_HOME, with
+        the kernels' connection keys and the TLS key), as engine commits do; (3) the
+        container is paused while its filesystem is read, so code cannot change files
+        mid-commit. Raise BackendError naming ``tag`` when the engine refuses the name,
+        and when the container is not running or no longer exists; chain SDK errors."""
+        raise UnsupportedOperation(f"the {self.name} backend cannot save a sandbox as an image (snapshot)")
+
+    def remove_image(self, image: str) -> None:
+        """Remove ``image`` (a tag or an id) from the engine; a missing image is fine.
+        Optional: this default raises UnsupportedOperation."""
+        raise UnsupportedOperation(f"the {self.name} backend cannot remove images")
+
     def build_image(
         self, context: Path, tag: str, buildargs: dict[str, str], progress: Callable[[str], None]
     ) -> None:

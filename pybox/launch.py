@@ -21,6 +21,7 @@ from pybox.backend import BINDS, LIMITS, NETWORK_POLICY, READ_ONLY, Backend
 from pybox.errors import BackendError, UnsupportedOperation
 from pybox.image_contract import (
     DEFAULT_BLOCKED_NETWORKS,
+    GATEWAY_HOME,
     INIT,
     INIT_CAPS,
     NETWORK_ENV,
@@ -62,6 +63,11 @@ def plan_launch(spec: ContainerSpec) -> LaunchPlan:
         plan.scratch = [Scratch(path, size, owned) for path, size, owned in SCRATCH_MOUNTS]
         # /app must stay writable for the kernel and for upload/download.
         plan.volumes = [WORKDIR]
+    else:
+        # The gateway's runtime directory (connection files with the kernels' keys, the
+        # TLS key of a remote engine's sandbox) is never on the container's disk, in
+        # every mode: a commit of the container (Sandbox.snapshot) leaves mounts out.
+        plan.scratch = [Scratch(path, size, owned) for path, size, owned in SCRATCH_MOUNTS if path == GATEWAY_HOME]
     if spec.network != "open":
         # Applied by the init before anything else runs; "default" gets the engine's
         # host addresses in prepare_launch (they depend on the backend).
@@ -202,6 +208,20 @@ def pin_allowed_domains(plan: LaunchPlan) -> None:
         except OSError:
             continue
         plan.extra_hosts += [(entry, address.split("%")[0]) for address in addresses]
+
+
+def keep_image_content(plan: LaunchPlan) -> None:
+    """For a read-only sandbox started from a snapshot (``Sandbox.snapshot``): the
+    sandbox user's scratch directories (~/.local with the packages ``pip install`` put
+    there, ~/.config, ~/.jupyter) become volumes, which engines fill with the image's
+    content, instead of empty tmpfs mounts that would hide it. Like /app's volume they
+    have no size cap. /tmp and the gateway's home stay tmpfs (the snapshot's /tmp is
+    not seen there)."""
+    if not plan.read_only:
+        return
+    moved = [s.path for s in plan.scratch if s.sandbox_owned]
+    plan.scratch = [s for s in plan.scratch if not s.sandbox_owned]
+    plan.volumes += [path for path in moved if path not in plan.volumes]
 
 
 # -- from spec to a checked plan ----------------------------------------------------------

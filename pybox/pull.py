@@ -260,12 +260,13 @@ def check_image_labels(image: str, labels: dict[str, str]) -> None:
         raise IncompatibleImage(image, found or None, IMAGE_PROTOCOL, labels.get(VERSION_LABEL) or None)
 
 
-def ensure_image(backend: Backend, image: str, progress: PullProgressCallback | None = None) -> None:
+def ensure_image(backend: Backend, image: str, progress: PullProgressCallback | None = None) -> dict[str, str] | None:
     """Make sure a sandbox can start from ``image``: pull it when it is missing and its
     name includes a registry; refuse it (IncompatibleImage) when its labels say it was
     built for another image protocol. A missing image without a registry part is left
     to ``Backend.start``, which raises ImageNotFound. Backends that cannot read image
-    labels (``Backend.image_labels`` unsupported) skip the protocol check."""
+    labels (``Backend.image_labels`` unsupported) skip the protocol check. Returns the
+    image's labels (None when unknown)."""
     try:
         labels = backend.image_labels(image)
         readable = True
@@ -292,3 +293,4 @@ def ensure_image(backend: Backend, image: str, progress: PullProgressCallback | 
                                      "the engine reported the pull done but does not have the image")
     if labels is not None:
         check_image_labels(image, labels)
+    return labels

@@ -16,7 +16,7 @@ import time
 import warnings
 from typing import Mapping, Sequence
 
-from pybox.backend import Backend, Bind, ContainerSpec, Limits, PullProgressCallback
+from pybox.backend import Backend, Bind, ContainerSpec, LaunchPlan, Limits, PullProgressCallback
 from pybox.errors import (
     BackendError,
     BackendUnavailable,
@@ -24,13 +24,14 @@ from pybox.errors import (
     PyboxError,
     SandboxClosed,
     StartupTimeout,
+    UnsupportedOperation,
 )
 from pybox.files import DEFAULT_MAX_DOWNLOAD, check_local_path, check_local_source, extract_stream, upload_stream
 from pybox.image_contract import DEFAULT_IMAGE, PRESPAWN_ENV, TLS_CERT_ENV, TLS_KEY_ENV, TOKEN_ENV, WORKDIR
 from pybox.kernel import Kernel
 from pybox.kernel.execution import Execution
 from pybox.kernel.gateway import Gateway
-from pybox.launch import prepare_launch
+from pybox.launch import keep_image_content, prepare_launch
 from pybox.options import (
     DEFAULT_INTERRUPT_GRACE,
     DEFAULT_MAX_OUTPUT,
@@ -56,6 +57,7 @@ from pybox.ownership import (
 )
 from pybox.plugins import get_plugins, resolve_backend_name
 from pybox.pull import ensure_image
+from pybox.snapshot import SNAPSHOT_LABEL, check_tag, snapshot_labels
 from pybox.tls import GatewayCertificate
 
 __all__ = [
@@ -141,6 +143,7 @@ class Sandbox:
         self._backend: Backend | None = None
         self._gateway: Gateway | None = None
         self._certificate: GatewayCertificate | None = None
+        self._plan: LaunchPlan | None = None  # as started (plugins may have changed it)
         self._kernels: list[Kernel] = []
         self._default: Kernel | None = None
         self._adopted_prespawn = False
@@ -207,9 +210,11 @@ class Sandbox:
                 # Across a network, the gateway's traffic is encrypted with this sandbox's own
                 # certificate, which only this client trusts (pybox.tls).
                 self._certificate = GatewayCertificate.generate() if backend.gateway_tls else None
-                plan = prepare_launch(self._spec(), backend, get_plugins().adjust_launch_plan)
+                plan = self._plan = prepare_launch(self._spec(), backend, get_plugins().adjust_launch_plan)
                 # Pulled when missing and registry-named; refused when built for another protocol.
-                ensure_image(backend, plan.image, self.pull_progress)
+                labels = ensure_image(backend, plan.image, self.pull_progress)
+                if labels and SNAPSHOT_LABEL in labels:
+                    keep_image_content(plan)  # read-only: the snapshot's ~/.local is not hidden
             except BaseException:
                 self._teardown()
                 raise
@@ -412,6 +417,44 @@ class Sandbox:
 
     def restart(self) -> None:
         self.default_kernel.restart()
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def snapshot(self, tag: str) -> str:
+        """Save this sandbox's filesystem as image ``tag`` on its engine and return the
+        new image's id; ``Sandbox(image=tag)`` and ``Pool(image=tag)`` start from it.
+
+        Kept: every file the sandbox changed on the container's own filesystem: packages
+        ``!pip install`` put in the sandbox user's ~/.local, files under /app, the home
+        directory, /tmp. Not kept: process memory (the kernels' variables and imports,
+        running processes), host directories bound in (``binds``), the environment
+        (``env``; the image has its base's configuration), the gateway's runtime files
+        (connection keys, TLS key; on a tmpfs, never committed). The container is paused
+        while the engine copies it, then runs on untouched. An existing ``tag`` is moved
+        to the new image. A read-only sandbox (``read_only=True``) keeps its writable
+        files on tmpfs and a volume, which a commit leaves out: it is refused
+        (UnsupportedOperation); read-only sandboxes *from* a snapshot see its files (their
+        ~/.local, ~/.config, ~/.jupyter are volumes filled from the image then, not empty
+        tmpfs; their /tmp is still an empty tmpfs). The snapshot holds what code in the sandbox wrote, so a
+        sandbox started from it is as trusted as this one (docs/snapshots.md)."""
+        tag = check_tag(tag)
+        with self._lock:
+            backend, container = self._started_container()
+            plan = self._plan
+            if self.options.read_only or (plan is not None and plan.read_only):
+                by_plugin = "" if self.options.read_only else " (made read-only by a plugin's pybox_adjust_launch_plan)"
+                raise UnsupportedOperation(
+                    f"cannot snapshot a read-only sandbox{by_plugin} as {tag!r}: its writable files (/app, "
+                    f"~/.local, /tmp...) are on a volume and tmpfs mounts, which an image commit leaves out. "
+                    f"Snapshot a sandbox started with read_only=False, and start read-only sandboxes from that image")
+            if plan is not None and plan.volumes:
+                log.warning("snapshot %s of sandbox %s: the content of its volumes (%s) is not in the image",
+                            tag, container[:12], ", ".join(plan.volumes))
+            started = time.monotonic()
+            image_id = backend.commit(container, tag, snapshot_labels(self.image))
+            log.info("sandbox %s saved as image %s (%s) in %.2f s", container[:12], tag, image_id[:19],
+                     time.monotonic() - started)
+            return image_id
 
     # -- files -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import ClassVar
 
@@ -30,6 +31,7 @@ from pybox.image_contract import IMAGE_PROTOCOL, PROTOCOL_LABEL, TOKEN_ENV
 from pybox.launch import prepare_launch
 from pybox.ownership import SESSION, owner_labels
 from pybox.plugins import get_plugins
+from pybox.snapshot import SNAPSHOT_LABEL
 
 #: Code that tries a TCP connection to the container's default gateway (the engine's
 #: host) on port 9 and prints the errno name: ECONNREFUSED where the network is open
@@ -276,6 +278,36 @@ class BackendContract:
         for thread in threads:
             thread.join(timeout=120)
         assert results == {1: "2", 2: "4"}
+
+    # -- snapshots (optional: Backend.commit) -------------------------------------------
+
+    def test_snapshot_keeps_the_files_and_nothing_of_the_container(self, engine: Backend) -> None:
+        if type(engine).commit is Backend.commit:
+            pytest.skip("the backend does not implement snapshots (Backend.commit): Sandbox.snapshot refuses")
+        tag = f"pybox-contract-snapshot:{uuid.uuid4().hex[:12]}"
+        try:
+            with pybox.Sandbox(image=self.image, backend=self.backend, network=self._network(),
+                               env={"PYBOX_CONTRACT_SECRET": "not-in-the-image"}) as sandbox:
+                sandbox.run("open('/app/contract-snapshot', 'w').write('kept'); in_memory = 1")
+                try:
+                    assert sandbox.snapshot(tag), "commit returns the new image's id"
+                except UnsupportedOperation as exc:  # a plugin made every sandbox read-only
+                    pytest.skip(f"snapshots refused here: {exc}")
+                assert sandbox.run("print(in_memory)").text == "1", "the sandbox runs on after a snapshot"
+            try:
+                labels = engine.image_labels(tag)
+            except UnsupportedOperation:
+                labels = None
+            if labels is not None:
+                assert labels.get(SNAPSHOT_LABEL) == self.image, "commit must add the labels it is given"
+                assert labels.get(PROTOCOL_LABEL) == str(IMAGE_PROTOCOL), "the base image's labels are kept"
+                assert not labels.get(LABEL), "the container's owner labels must not be in the image"
+            with pybox.Sandbox(image=tag, backend=self.backend, network=self._network()) as sandbox:
+                out = sandbox.run("import os\nprint(open('/app/contract-snapshot').read(), "
+                                  "bool(os.environ.get('PYBOX_CONTRACT_SECRET')), 'in_memory' in globals())").text
+            assert out == "kept False False", "files kept; not the container's env, not the kernel's memory"
+        finally:
+            engine.remove_image(tag)
 
     # -- errors ------------------------------------------------------------------------
 

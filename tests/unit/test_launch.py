@@ -19,7 +19,7 @@ from pybox.backend import (
     PublishedPort,
 )
 from pybox.errors import BackendError, UnsupportedOperation
-from pybox.image_contract import GATEWAY_PORT, INIT, INIT_CAPS, NETWORK_ENV, SCRATCH_MOUNTS, WORKDIR
+from pybox.image_contract import GATEWAY_HOME, GATEWAY_PORT, INIT, INIT_CAPS, NETWORK_ENV, SCRATCH_MOUNTS, WORKDIR
 from pybox.launch import (
     client_host,
     host_addresses,
@@ -43,7 +43,9 @@ def test_the_open_plan_runs_the_init_as_root_with_its_capabilities_only_and_limi
     assert plan.no_new_privileges and not plan.read_only
     assert plan.cap_drop == ["ALL"] and plan.cap_add == list(INIT_CAPS)
     assert (plan.memory_bytes, plan.memory_swap_bytes, plan.pids, plan.cpus) == (2 << 30, 4 << 30, 1024, None)
-    assert not plan.scratch and not plan.volumes and not plan.network_policed
+    assert not plan.volumes and not plan.network_policed
+    # Only the gateway's runtime directory (its keys: never on the container's disk, nor in a snapshot).
+    assert [s.path for s in plan.scratch] == [GATEWAY_HOME] and not plan.scratch[0].sandbox_owned
 
 
 def test_read_only_gets_the_image_contracts_scratch_mounts_and_a_volume_at_app():

@@ -12,7 +12,7 @@ import contextlib
 import json
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlparse
 
 import docker
@@ -34,6 +34,10 @@ from pybox.backend import (
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
 from pybox.launch import client_host, labels_from_inspect, published_host_port, state_from_inspect
 from pybox.pull import pull_error
+from pybox.snapshot import SNAPSHOT_BASE_ID_LABEL, leaked_config, snapshot_config, split_tag
+
+#: Seconds a commit (Sandbox.snapshot) may take: the engine copies the container's layer.
+COMMIT_TIMEOUT = 3600
 
 UNAVAILABLE_HINT = (
     "Is the Docker engine running? Start it (`systemctl start docker`, or `dockerd &` "
@@ -258,6 +262,67 @@ class DockerBackend(Backend):
         repository, version = docker.utils.parse_repository_tag(tag)
         with self._errors(f"tag image {image} as {tag}"):
             self.api.tag(image, repository, version or "latest", force=True)
+
+    def commit(self, container_id: str, tag: str, labels: Mapping[str, str]) -> str:
+        api = self.api
+        repository, version = split_tag(tag)
+        # The archive lock: an upload pausing and unpausing the container meanwhile would
+        # unfreeze it mid-commit.
+        with self._archive_lock, self._errors(f"save the sandbox as image {tag}"):
+            info = self._inspect(container_id)
+            state = state_from_inspect(info)
+            if info is None or not state.running:
+                raise BackendError(f"cannot save sandbox container {container_id[:12]} as image {tag}: it is not "
+                                   f"running ({state.describe()})")
+            base_id = str(info.get("Image") or "")
+            try:
+                base = api.inspect_image(base_id).get("Config") or {}
+            except docker.errors.NotFound as exc:
+                raise BackendError(f"cannot save sandbox container {container_id[:12]} as image {tag}: the image it "
+                                   f"started from ({base_id[:19]}) is gone from the engine") from exc
+            conf = snapshot_config(base, info.get("Config"), {**labels, SNAPSHOT_BASE_ID_LABEL: base_id})
+            # A large layer takes the engine a while: the client's usual 60 s would cut it off.
+            previous, api.timeout = api.timeout, COMMIT_TIMEOUT
+            try:
+                # pause=True: the container is frozen while the engine reads its layer. Docker
+                # up to 24 also records the committed container's whole configuration in the
+                # image (ContainerConfig, pushed and saved with it): the token, env=. So this
+                # first image stays untagged, and a container created from it (its config the
+                # clean one above, never started) is committed as the snapshot.
+                layer = api.commit(container_id, conf=conf, pause=True)
+                helper = api.create_container(str(layer.get("Id") or ""), host_config=api.create_host_config())
+                try:
+                    answer = api.commit(helper["Id"], repository=repository, tag=version, conf=conf, pause=False)
+                finally:
+                    with contextlib.suppress(docker.errors.NotFound):
+                        api.remove_container(helper["Id"], force=True, v=True)
+            except requests.Timeout as exc:
+                raise BackendError(f"Docker did not finish saving the sandbox as image {tag} within "
+                                   f"{COMMIT_TIMEOUT} s") from exc
+            except docker.errors.NotFound as exc:
+                raise BackendError(f"cannot save sandbox container {container_id[:12]} as image {tag}: it no "
+                                   f"longer exists") from exc
+            except docker.errors.APIError as exc:
+                raise BackendError(f"Docker refused to save the sandbox as image {tag!r}: "
+                                   f"{exc.explanation or exc}") from exc
+            finally:
+                api.timeout = previous
+            image_id = str(answer.get("Id") or "")
+            image = api.inspect_image(image_id)
+            leaked = leaked_config(image.get("Config"), base) + [
+                f"{what} (in ContainerConfig)" for what in leaked_config(image.get("ContainerConfig"), base)]
+            if leaked:
+                self.remove_image(image_id)
+                raise BackendError(f"the image Docker made of the sandbox kept the container's "
+                                   f"{', '.join(leaked)}; it was removed (no snapshot {tag} made)")
+        return image_id
+
+    def remove_image(self, image: str) -> None:
+        with self._errors(f"remove image {image}"):
+            try:
+                self.api.remove_image(image, force=True)
+            except docker.errors.NotFound:
+                pass
 
     def build_image(
         self, context: Path, tag: str, buildargs: dict[str, str], progress: Callable[[str], None]

@@ -23,7 +23,7 @@ import struct
 import tarfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, urlparse
 
 import podman
@@ -42,6 +42,7 @@ from pybox.backend import (
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
 from pybox.launch import client_host, labels_from_inspect, published_host_port, state_from_inspect
 from pybox.pull import pull_error
+from pybox.snapshot import SNAPSHOT_BASE_ID_LABEL, leaked_config, podman_changes, snapshot_config, split_tag
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ ROOTFUL_SOCKET = "/run/podman/podman.sock"
 #: Seconds an ordinary API call may take; builds and archive copies get longer.
 TIMEOUT = 60
 LONG_TIMEOUT = 3600
+#: What Podman puts in every container's environment (containers.conf's defaults): not
+#: the sandbox's, left in a snapshot's configuration when unchanged.
+ENGINE_ENV = {"TERM": "xterm", "container": "podman"}
 #: Where a registry-less short name is looked for when pulling (docker's convention).
 DEFAULT_REGISTRY = "docker.io"
 def configured_service() -> tuple[str, str | None] | None:
@@ -390,6 +394,54 @@ class PodmanBackend(Backend):
             response = self.api.post(f"/images/{quote(image, safe='')}/tag",
                                      params={"repo": repository, "tag": version})
             response.raise_for_status()
+
+    def commit(self, container_id: str, tag: str, labels: Mapping[str, str]) -> str:
+        repository, version = split_tag(tag)
+        # The archive lock: an upload pausing and unpausing the container meanwhile would
+        # unfreeze it mid-commit.
+        with self._archive_lock, self._errors(f"save the sandbox as image {tag}"):
+            info = self._inspect(container_id, "inspect the sandbox container")
+            state = state_from_inspect(info)
+            if info is None or not state.running:
+                raise BackendError(f"cannot save sandbox container {container_id[:12]} as image {tag}: it is not "
+                                   f"running ({state.describe()})")
+            base_id = str(info.get("Image") or "")
+            response = self.api.get(f"/images/{quote(base_id, safe='')}/json")
+            if response.status_code == 404:
+                raise BackendError(f"cannot save sandbox container {container_id[:12]} as image {tag}: the image it "
+                                   f"started from ({base_id[:12]}) is gone from the engine")
+            response.raise_for_status()
+            base = response.json().get("Config") or {}
+            config = snapshot_config(base, info.get("Config"), {**labels, SNAPSHOT_BASE_ID_LABEL: base_id},
+                                     engine_env=ENGINE_ENV)
+            # Podman starts from the container's configuration; the changes set every field
+            # back to the base image's and empty what only the container has. pause: frozen
+            # while the engine reads the container's layer.
+            response = self.api.post("/commit", params={
+                "container": container_id, "repo": repository, "tag": version, "pause": True,
+                "changes": podman_changes(config)}, timeout=LONG_TIMEOUT)
+            if response.status_code >= 400:
+                text = _message(response)
+                if _container_gone(response):
+                    raise BackendError(f"cannot save sandbox container {container_id[:12]} as image {tag}: it no "
+                                       f"longer exists") from podman.errors.APIError(text)
+                raise BackendError(f"Podman refused to save the sandbox as image {tag!r}: {text}") \
+                    from podman.errors.APIError(text)
+            image_id = str(response.json().get("Id") or "")
+            response = self.api.get(f"/images/{quote(image_id, safe='')}/json")
+            response.raise_for_status()
+            leaked = leaked_config(response.json().get("Config"), base, engine_env=ENGINE_ENV)
+            if leaked:
+                self.remove_image(image_id)
+                raise BackendError(f"the image Podman made of the sandbox kept the container's "
+                                   f"{', '.join(leaked)}; it was removed (no snapshot {tag} made)")
+        return image_id
+
+    def remove_image(self, image: str) -> None:
+        with self._errors(f"remove image {image}"):
+            response = self.api.delete(f"/images/{quote(image, safe='')}", params={"force": True})
+            if response.status_code not in (200, 404):
+                response.raise_for_status()
 
     def build_image(
         self, context: Path, tag: str, buildargs: dict[str, str], progress: Callable[[str], None]
