@@ -4,10 +4,12 @@ exactly as a third party's would be:
 - ``docker`` (entry point ``pybox_docker:local``): the engine DOCKER_HOST or the local
   socket names;
 - ``docker-remote`` (entry point ``pybox_docker:remote``): an engine on another host,
-  the same backend minus the shared-filesystem and shared-network assumptions.
+  the same backend minus the shared-filesystem and shared-network assumptions;
+- ``swarm`` (entry point ``pybox_docker:swarm``): a Docker Swarm, one service per
+  sandbox, DOCKER_HOST naming a manager.
 
 docker-py is imported only when a backend is used; without it (``pip install
-'pybox[docker]'``) these two backends are disabled and say so, the others load.
+'pybox[docker]'``) these backends are disabled and say so, the others load.
 """
 
 from pybox import hookimpl
@@ -32,5 +34,15 @@ class RemoteDockerPlugin:
         register(RemoteDockerBackend)
 
 
+class SwarmPlugin:
+    @hookimpl
+    def pybox_register_backends(self, register):
+        require_module("docker", backend="swarm", extra="docker")
+        from pybox_docker.swarm import SwarmBackend
+
+        register(SwarmBackend)
+
+
 local = LocalDockerPlugin()
 remote = RemoteDockerPlugin()
+swarm = SwarmPlugin()
