@@ -57,7 +57,8 @@ import docker.utils
 from pybox.backend import ALL_FEATURES, BINDS, ContainerState, Endpoint, LaunchPlan, PullProgressCallback
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, InvalidArgument, UnsupportedOperation
 from pybox.image_contract import NETWORK_ENV, network_policy_value
-from pybox.launch import host_addresses, state_from_inspect
+from pybox import launch
+from pybox.launch import state_from_inspect
 from pybox_docker.remote import (
     INSECURE_ENGINE_ENV,
     TLS_HINT,
@@ -262,10 +263,10 @@ class SwarmBackend(RemoteDockerBackend):
         plan.ports = [dataclasses.replace(p, host_ip="0.0.0.0") for p in plan.ports]
         if plan.env.get(NETWORK_ENV) == "default":
             # Code may run on any node: keep it off all of them (and the manager).
-            found: set[str] = set(host_addresses(self.remote_host))
+            found: set[str] = set(launch.host_addresses(self.remote_host))
             for node in self._nodes():
                 with contextlib.suppress(BackendError):
-                    found.update(host_addresses(self._node_host(node)))
+                    found.update(launch.host_addresses(self._node_host(node)))
             plan.env[NETWORK_ENV] = network_policy_value("default", tuple(sorted(found)))
 
     def _refuse_what_a_service_cannot_do(self, plan: LaunchPlan) -> None:
@@ -391,6 +392,11 @@ class SwarmBackend(RemoteDockerBackend):
                     return
                 if task.state in _ENDED:
                     self._raise_ended(service_id, task, plan)
+                if task.state == "pending" and "port" in task.error and "in use" in task.error:
+                    # every eligible node has the port taken: waiting would not free it
+                    raise BackendError(f"port {plan.ports[0].host_port} is already in use on every node the "
+                                       f"sandbox may run on ({task.error}); choose another port or leave it "
+                                       f"unset so the engine picks a free one")
             if time.monotonic() > deadline:
                 what = f"{task.state}: {task.error or task.message}" if task else "no task made"
                 raise BackendError(f"the sandbox's swarm service {service_id[:12]} got no running task within "
