@@ -220,6 +220,16 @@ def test_an_image_one_node_lacks_is_not_found_naming_the_node(swarm):
     assert swarm.image_exists(IMAGE)
 
 
+def test_build_is_refused_at_once_saying_what_to_do():
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "pybox", "build", "--backend", "swarm", "--tag",
+                          "pybox-swarm-test-never-built:latest"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "the swarm backend cannot build images" in out.stderr and "load" in out.stderr, out.stderr
+    assert "debootstrap" not in out.stdout + out.stderr
+    assert time.monotonic() - started < 60
+
+
 # -- the engine and its nodes -----------------------------------------------------------------------
 
 
@@ -251,7 +261,8 @@ def test_an_unreachable_node_engine_is_named_with_a_hint(monkeypatch):
                 list(engine.get_archive(sb.id, "/app"))
         finally:
             engine.close()
-    assert "tcp://10.213.11." in str(info.value) and ":1:" in str(info.value) and "PYBOX_SWARM_NODE_HOSTS" in info.value.hint
+    assert "tcp://10.213.11." in str(info.value) and ":1:" in str(info.value)
+    assert "PYBOX_SWARM_NODE_HOSTS" in info.value.hint
     assert info.value.__cause__ is not None
 
 

@@ -54,18 +54,12 @@ import docker.errors
 import docker.types
 import docker.utils
 
-from pybox.backend import ALL_FEATURES, BINDS, ContainerState, Endpoint, LaunchPlan, PullProgressCallback
+from pybox import launch
+from pybox.backend import ALL_FEATURES, BINDS, Backend, ContainerState, Endpoint, LaunchPlan, PullProgressCallback
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, InvalidArgument, UnsupportedOperation
 from pybox.image_contract import NETWORK_ENV, network_policy_value
-from pybox import launch
 from pybox.launch import state_from_inspect
-from pybox_docker.remote import (
-    INSECURE_ENGINE_ENV,
-    TLS_HINT,
-    RemoteDockerBackend,
-    _APIClient,
-    _explain,
-)
+from pybox_docker.remote import RemoteDockerBackend, _APIClient, _explain
 
 #: Placement constraints of every sandbox's service, comma-separated (swarm's syntax).
 CONSTRAINTS_ENV = "PYBOX_SWARM_CONSTRAINTS"
@@ -103,6 +97,11 @@ BINDS_REFUSED = (
     "Copy files in and out instead: Sandbox.upload(local, remote) and Sandbox.download(remote, local) move "
     "them through the node's engine"
 )
+BUILD_REFUSED = (
+    "images live on each node's engine. Build on one engine (`pybox build`), then load the image into every "
+    "node's engine (`docker save pybox:latest | docker -H tcp://NODE:2376 --tlsverify load`), or push it to a "
+    "registry the nodes reach and use that name"
+)
 
 #: Task states after which the task never runs (again).
 _ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
@@ -128,7 +127,7 @@ class SwarmBackend(RemoteDockerBackend):
     name = "swarm"
     description = "Docker Swarm: a service per sandbox, scheduled on the swarm's nodes (DOCKER_HOST=tcp:// a manager)"
     features = ALL_FEATURES - {BINDS}
-    unsupported_hints = {BINDS: BINDS_REFUSED}
+    unsupported_hints = {BINDS: BINDS_REFUSED, "build": BUILD_REFUSED}
     gateway_tls = True
 
     def __init__(self) -> None:
@@ -378,7 +377,7 @@ class SwarmBackend(RemoteDockerBackend):
                                            f"it to a registry the nodes reach and use that name") from missing
 
     def _wait_running(self, service_id: str, plan: LaunchPlan) -> None:
-        text = os.environ.get("PYBOX_SWARM_START_TIMEOUT", "").strip()
+        text = os.environ.get(START_TIMEOUT_ENV, "").strip()
         try:
             timeout = float(text) if text else DEFAULT_START_TIMEOUT
         except ValueError as exc:
@@ -409,8 +408,8 @@ class SwarmBackend(RemoteDockerBackend):
     def _raise_ended(self, service_id: str, task: _Task, plan: LaunchPlan) -> None:
         text = task.error or task.message
         if "No such image" in text or "image not found" in text.lower():
-            raise ImageNotFound(plan.image, f"the swarm node that got the task does not have it: load it into "
-                                            f"every node's engine") from BackendError(text)
+            raise ImageNotFound(plan.image, "the swarm node that got the task does not have it: load it into "
+                                            "every node's engine") from BackendError(text)
         if "address already in use" in text or "port is already allocated" in text:
             port = plan.ports[0].host_port
             raise BackendError(f"port {port} is already in use on the node the swarm chose; choose another "
@@ -556,18 +555,12 @@ class SwarmBackend(RemoteDockerBackend):
         for node in self.eligible_nodes():
             self._node_engine(str(node["ID"])).pull_image(image, progress)
 
-    def tag_image(self, image: str, tag: str) -> None:
-        raise UnsupportedOperation("the swarm backend does not tag images: images live on each node's engine; "
-                                   "tag them there, or push them to a registry the nodes reach")
-
-    def build_image(self, context: Any, tag: str, buildargs: dict[str, str], progress: Any) -> None:
-        raise UnsupportedOperation("the swarm backend does not build images: build on one engine "
-                                   "(`pybox build`), then load the image into every node's engine or push it "
-                                   "to a registry the nodes reach")
-
-    def import_image(self, rootfs_tar: Any, tag: str) -> None:
-        raise UnsupportedOperation("the swarm backend does not import images: import on one engine, then load "
-                                   "the image into every node's engine")
+    # Images live on each node's engine: build (tag, import) on one engine, then load the
+    # image into every node or push it to a registry they reach. The base class refuses;
+    # `pybox build --backend swarm` says so before it makes a base image.
+    build_image = Backend.build_image
+    tag_image = Backend.tag_image
+    import_image = Backend.import_image
 
     # -- engine ----------------------------------------------------------------------------------------
 
@@ -664,5 +657,3 @@ def _matches(node: Mapping[str, Any], constraint: str) -> bool:
         ("node.labels.", "engine.labels.")) else value == wanted
     return equal if operator == "==" else not equal
 
-
-__all__ = ["SwarmBackend", "INSECURE_ENGINE_ENV", "TLS_HINT"]
