@@ -172,6 +172,22 @@ def test_no_new_privileges_is_set_before_the_command_runs(swarm):
     assert seen == {True: "1", False: "0"}
 
 
+def test_extra_hosts_reach_the_containers_etc_hosts(swarm):
+    plan = backend_plan(swarm, command=["sh", "-c", "cat /etc/hosts; sleep 60"],
+                        extra_hosts=[("example.test", "203.0.113.5"), ("example.test", "2001:db8::5")])
+    service = swarm.start(plan)
+    try:
+        for _ in range(100):
+            hosts = swarm.logs(service)
+            if "example.test" in hosts:
+                break
+            time.sleep(0.1)
+    finally:
+        swarm.remove(service)
+    lines = [line.split() for line in hosts.splitlines()]
+    assert ["203.0.113.5", "example.test"] in lines and ["2001:db8::5", "example.test"] in lines, hosts
+
+
 def test_remove_takes_the_container_and_its_volume_with_it(swarm):
     plan = backend_plan(swarm, read_only=True)
     plan.volumes = ["/app"]
