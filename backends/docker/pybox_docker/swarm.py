@@ -372,9 +372,10 @@ class SwarmBackend(RemoteDockerBackend):
             missing = engine.image_missing(image)
             if missing is not None:
                 where = (node.get("Description") or {}).get("Hostname") or self._node_host(node)
-                raise ImageNotFound(image, f"swarm node {where} ({self._node_host(node)}) does not have it: load "
-                                           f"it into every node's engine (`docker save | docker load`), or push "
-                                           f"it to a registry the nodes reach and use that name") from missing
+                raise ImageNotFound(image, f"swarm node {where} ({self._node_host(node)}) does not have it: build "
+                                           f"it with `pybox build` on one engine and load it into every node's "
+                                           f"engine (`docker save | docker load`), or push it to a registry the "
+                                           f"nodes reach and use that name") from missing
 
     def _wait_running(self, service_id: str, plan: LaunchPlan) -> None:
         text = os.environ.get(START_TIMEOUT_ENV, "").strip()
@@ -390,6 +391,10 @@ class SwarmBackend(RemoteDockerBackend):
                 if task.state == "running" and plan.gateway_port in task.published:
                     return
                 if task.state in _ENDED:
+                    if task.container_id and task.exit_code is not None and not _start_failure(task):
+                        # Its container ran and exited (an init that refused to start, say):
+                        # as on Docker, the caller finds it stopped and reports why, with its logs.
+                        return
                     self._raise_ended(service_id, task, plan)
                 if task.state == "pending" and "port" in task.error and "in use" in task.error:
                     # every eligible node has the port taken: waiting would not free it
@@ -407,10 +412,11 @@ class SwarmBackend(RemoteDockerBackend):
 
     def _raise_ended(self, service_id: str, task: _Task, plan: LaunchPlan) -> None:
         text = task.error or task.message
-        if "No such image" in text or "image not found" in text.lower():
-            raise ImageNotFound(plan.image, "the swarm node that got the task does not have it: load it into "
-                                            "every node's engine") from BackendError(text)
-        if "address already in use" in text or "port is already allocated" in text:
+        if _missing_image(text):
+            raise ImageNotFound(plan.image, "the swarm node that got the task does not have it: build it with "
+                                            "`pybox build` on one engine and load it into every node's engine") \
+                from BackendError(text)
+        if _port_taken(text):
             port = plan.ports[0].host_port
             raise BackendError(f"port {port} is already in use on the node the swarm chose; choose another "
                                f"port or leave it unset so the engine picks a free one") from BackendError(text)
@@ -621,6 +627,20 @@ class _NodeEngine(RemoteDockerBackend):
             except docker.errors.APIError as exc:
                 if exc.status_code != 409:  # removal already in progress (the node's agent)
                     raise
+
+
+def _missing_image(text: str) -> bool:
+    return "No such image" in text or "image not found" in text.lower()
+
+
+def _port_taken(text: str) -> bool:
+    return "address already in use" in text or "port is already allocated" in text
+
+
+def _start_failure(task: _Task) -> bool:
+    """Whether the task ended because its container could not start (not because it ran and exited)."""
+    text = task.error or task.message
+    return _missing_image(text) or _port_taken(text)
 
 
 # -- placement constraints, as swarm evaluates them (for image_exists: which nodes count) --------
