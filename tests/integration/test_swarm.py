@@ -340,3 +340,22 @@ def test_endpoint_is_the_nodes_address_and_the_manager_is_not_localhost(sandbox,
     assert sandbox.host in ("10.213.11.2", "10.213.11.3")
     assert urlparse(os.environ["DOCKER_HOST"]).hostname == "10.213.11.2"
     assert swarm.inspect(sandbox.id).running
+
+
+def test_gateway_traffic_is_tls_with_the_sandboxs_pinned_certificate(sandbox):
+    import socket
+    import ssl
+
+    from pybox.kernel.gateway import Gateway
+    from pybox.tls import GatewayCertificate
+
+    pem = sandbox.gateway_certificate
+    assert pem is not None
+    with socket.create_connection((sandbox.host, sandbox.port), timeout=10) as raw:
+        with GatewayCertificate(pem, "").client_context().wrap_socket(raw) as tls:
+            assert tls.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(pem)
+    plain = Gateway(sandbox.host, sandbox.port, sandbox.token)  # plain HTTP gets no answer
+    try:
+        assert not plain.ready(timeout=3)
+    finally:
+        plain.close()
