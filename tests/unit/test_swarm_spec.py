@@ -32,6 +32,7 @@ def test_a_sandbox_is_one_replica_never_restarted_dnsrr_with_a_host_mode_port(mo
     container = options["task_template"]["ContainerSpec"]
     assert container["Labels"] == {"pybox": "1"}  # on the container too (pybox cleanup reads both)
     assert container["User"] == "0"
+    assert container["Hostname"] == "{{.Service.ID}}"  # the sandbox's id, as Docker's hostname is its id
     assert container["Command"] == [SETPRIV, "--no-new-privs", "--", INIT]
     assert container["CapabilityDrop"] == ["ALL"]
     assert container["CapabilityAdd"] == [*INIT_CAPS, "NET_ADMIN"]  # the default network policy

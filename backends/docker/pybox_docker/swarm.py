@@ -298,6 +298,8 @@ class SwarmBackend(RemoteDockerBackend):
         mounts += [docker.types.Mount(target=path, source=None, type="volume") for path in plan.volumes]
         container = docker.types.ContainerSpec(
             image=plan.image,
+            # The service's id (the sandbox's id), as a Docker container's hostname is its id's start.
+            hostname="{{.Service.ID}}",
             command=command or None,
             env=dict(plan.env),
             user=plan.user,
