@@ -256,6 +256,21 @@ def test_plain_tcp_is_refused_without_the_opt_in(monkeypatch):
         pybox.Sandbox(image=IMAGE, backend=BACKEND).start()
 
 
+@pytest.mark.parametrize("variable, value, error, words", [
+    ("DOCKER_HOST", "ssh://someone@10.213.11.2", pybox.BackendUnavailable, "tcp://MANAGER:2376"),
+    ("PYBOX_SWARM_NODE_HOSTS", "pybox-swarm2", pybox.InvalidArgument, "is not NODE=HOST"),
+    ("PYBOX_SWARM_NODE_PORT", "http", pybox.InvalidArgument, "is not a port number"),
+    ("PYBOX_SWARM_START_TIMEOUT", "soon", pybox.InvalidArgument, "is not a number of seconds"),
+])
+def test_settings_that_cannot_work_are_named(monkeypatch, variable, value, error, words, swarm):
+    before = set(swarm.list_containers({"pybox": "1"}))
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(error, match=words) as info:
+        pybox.Sandbox(image=IMAGE, backend=BACKEND).start()
+    assert variable in str(info.value)
+    assert set(swarm.list_containers({"pybox": "1"})) <= before
+
+
 def test_an_engine_that_is_no_manager_is_refused(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "tcp://10.213.11.3:2376")  # node 2, a worker
     engine = get_plugins().backend("swarm")()

@@ -106,9 +106,6 @@ BUILD_REFUSED = (
 #: Task states after which the task never runs (again).
 _ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
 
-#: Label swarm puts on a task's container naming its service.
-_SERVICE_LABEL = "com.docker.swarm.service.id"
-
 
 @dataclasses.dataclass(frozen=True)
 class _Task:
@@ -345,6 +342,7 @@ class SwarmBackend(RemoteDockerBackend):
 
     def start(self, plan: LaunchPlan) -> str:
         self._refuse_what_a_service_cannot_do(plan)
+        timeout = self._start_timeout()
         self._require_image(plan.image)
         name = plan.name or f"pybox-{secrets.token_hex(6)}"
         with self._errors("create the sandbox's service"):
@@ -360,7 +358,7 @@ class SwarmBackend(RemoteDockerBackend):
                 raise
         service_id = str(created["ID"])
         try:
-            self._wait_running(service_id, plan)
+            self._wait_running(service_id, plan, timeout)
         except BaseException:
             self.remove(service_id)
             raise
@@ -379,12 +377,18 @@ class SwarmBackend(RemoteDockerBackend):
                                            f"engine (`docker save | docker load`), or push it to a registry the "
                                            f"nodes reach and use that name") from missing
 
-    def _wait_running(self, service_id: str, plan: LaunchPlan) -> None:
+    @staticmethod
+    def _start_timeout() -> float:
         text = os.environ.get(START_TIMEOUT_ENV, "").strip()
         try:
             timeout = float(text) if text else DEFAULT_START_TIMEOUT
         except ValueError as exc:
             raise InvalidArgument(f"{START_TIMEOUT_ENV}={text!r} is not a number of seconds") from exc
+        if not timeout > 0:
+            raise InvalidArgument(f"{START_TIMEOUT_ENV}={text!r} is not a positive number of seconds")
+        return timeout
+
+    def _wait_running(self, service_id: str, plan: LaunchPlan, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         delay = 0.05
         while True:
