@@ -3,9 +3,9 @@ exactly as a third party's would be:
 
 - ``docker`` (entry point ``pybox_docker:local``): the engine DOCKER_HOST or the local
   socket names;
-- ``docker-remote`` (entry point ``pybox_docker:remote``): an engine on another host,
+- ``docker-remote`` (entry point ``pybox_docker:remote_plugin``): an engine on another host,
   the same backend minus the shared-filesystem and shared-network assumptions;
-- ``swarm`` (entry point ``pybox_docker:swarm``): a Docker Swarm, one service per
+- ``swarm`` (entry point ``pybox_docker:swarm_plugin``): a Docker Swarm, one service per
   sandbox, DOCKER_HOST naming a manager.
 
 docker-py is imported only when a backend is used; without it (``pip install
@@ -43,6 +43,10 @@ class SwarmPlugin:
         register(SwarmBackend)
 
 
+# The plugin objects' names must differ from the submodules' (remote.py, swarm.py): importing
+# ``pybox_docker.remote`` sets the package's attribute ``remote`` to that module, and an entry
+# point ``pybox_docker:remote`` resolved afterwards (a second plugin manager in one process)
+# got the module, which registers nothing.
 local = LocalDockerPlugin()
-remote = RemoteDockerPlugin()
-swarm = SwarmPlugin()
+remote_plugin = RemoteDockerPlugin()
+swarm_plugin = SwarmPlugin()
