@@ -89,7 +89,9 @@ class Backend(abc.ABC):
     #: What this backend enforces (BINDS, LIMITS, READ_ONLY, NETWORK_POLICY). Core
     #: refuses an option whose feature is missing here, with UnsupportedOperation.
     features: ClassVar[frozenset[str]] = frozenset()
-    #: Why a feature is missing and what to do instead, by feature (used in the refusal).
+    #: Why a feature is missing and what to do instead, by feature (used in the refusal);
+    #: under "build", what to do instead of ``pybox build`` when ``build_image`` is not
+    #: implemented (``pybox build`` then refuses before it makes or pulls a base image).
     unsupported_hints: ClassVar[Mapping[str, str]] = {}
     #: Whether the client reaches the gateway across a network (an engine on another
     #: host): pybox then encrypts the gateway's traffic with a certificate it makes per

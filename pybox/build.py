@@ -131,6 +131,10 @@ def build_image(
     engine = get_plugins().backend(backend)()
     try:
         engine.ping()
+        if type(engine).build_image is Backend.build_image:  # refused before a base is made or pulled
+            hint = engine.unsupported_hints.get("build") or (
+                "build the image with a backend that builds (docker, podman), then copy it to this engine")
+            raise UnsupportedOperation(f"the {engine.name} backend cannot build images: {hint}")
         if base is None:
             base = _choose_base(engine, progress)
         elif not engine.image_exists(base):

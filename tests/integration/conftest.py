@@ -5,6 +5,7 @@ or PYBOX_TEST_IMAGE. `.ci/run` starts the engine and builds the image first.
 """
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -19,7 +20,28 @@ def engine_command(*args: str, check: bool = True) -> subprocess.CompletedProces
     """The engine's own CLI (docker, or podman --remote), for what pybox does not do
     (restart a container, exec as root)."""
     cli = ["podman", "--remote"] if BACKEND == "podman" else ["docker"]
-    return subprocess.run([*cli, *args], capture_output=True, text=True, check=check, timeout=120)
+    env = None
+    if BACKEND == "swarm":
+        args, env = swarm_container_args(args)
+    return subprocess.run([*cli, *args], capture_output=True, text=True, check=check, timeout=120, env=env)
+
+
+def swarm_container_args(args):
+    """On a swarm a sandbox's id is its service's: the docker CLI reaches the service's
+    container on the engine of the node that runs it (same TLS settings)."""
+    from pybox.plugins import get_plugins
+
+    engine = get_plugins().backend("swarm")()
+    try:
+        found, env = list(args), None
+        for index, arg in enumerate(args):
+            task = engine._task(arg) if re.fullmatch(r"[a-z0-9]{25}", arg) else None
+            if task is not None and task.container_id:
+                found[index] = task.container_id
+                env = {**os.environ, "DOCKER_HOST": engine._node_engine(task.node_id).docker_host}
+        return found, env
+    finally:
+        engine.close()
 
 
 def pytest_configure(config):

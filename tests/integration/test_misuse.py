@@ -107,7 +107,9 @@ def test_there_are_at_least_thirty():
 
 
 @pytest.mark.parametrize("name,call,error,words", MISUSES, ids=[m[0] for m in MISUSES])
-def test_misuse(shared, tmp_path, name, call, error, words):
+def test_misuse(shared, tmp_path, name, call, error, words, monkeypatch):
+    if name == "port-in-use" and BACKEND == "swarm":
+        pin_to_node_of(shared, monkeypatch)  # else the scheduler picks a node where the port is free
     before = own_containers()
     with pytest.raises(error) as info:
         call(shared, tmp_path)
@@ -137,9 +139,9 @@ def test_closed_kernel(shared):
 
 
 def test_engine_down(tmp_path, monkeypatch):
-    if BACKEND not in ("docker", "docker-remote"):
+    if BACKEND not in ("docker", "docker-remote", "swarm"):
         pytest.skip("DOCKER_HOST names the engine of the docker backends only")
-    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1" if BACKEND == "docker-remote" else f"unix://{tmp_path}/x")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/x" if BACKEND == "docker" else "tcp://127.0.0.1:1")
     with pytest.raises(pybox.BackendUnavailable) as info:
         sandbox().start()
     assert info.value.hint and info.value.__cause__ is not None
@@ -152,7 +154,18 @@ def test_non_utf8_and_binary_output_arrive(shared):
     assert os.environ  # (no exception reached the caller)
 
 
-def test_a_busy_port_leaves_the_sandbox_holding_it_reachable(shared):
+def pin_to_node_of(sb, monkeypatch):
+    """On a swarm: the next sandboxes go to the node that runs ``sb``."""
+    engine = get_plugins().backend("swarm")()
+    try:
+        monkeypatch.setenv("PYBOX_SWARM_CONSTRAINTS", f"node.id=={engine._task(sb.id).node_id}")
+    finally:
+        engine.close()
+
+
+def test_a_busy_port_leaves_the_sandbox_holding_it_reachable(shared, monkeypatch):
+    if BACKEND == "swarm":  # else the scheduler picks a node where the port is free (and it starts)
+        pin_to_node_of(shared, monkeypatch)
     # Podman 4.3 tore down the holder's port forwarding when a second start failed on it.
     with pytest.raises(pybox.BackendError, match="in use"):
         start(port=shared.port)

@@ -209,19 +209,23 @@ while pool.stats().ready < 2:
 print(SESSION, flush=True)
 if sys.argv[3] == "sigterm":
     time.sleep(300)
+sys.stdin.readline()  # exit once the test has counted the containers (removal can be quick)
 """
 
 
 @pytest.mark.parametrize("end", ["exit", "sigterm"])
 def test_process_end_removes_every_container_of_the_pool(engine, end):
     client = subprocess.Popen([sys.executable, "-c", POOL_CLIENT, IMAGE, BACKEND, end], stdout=subprocess.PIPE,
-                              text=True)
+                              stdin=subprocess.PIPE, text=True)
     try:
         session = client.stdout.readline().strip()
         assert session, "the client did not fill its pool"
         assert len(engine.list_containers({LABEL: "1", SESSION_LABEL: session})) == 3
         if end == "sigterm":
             client.send_signal(signal.SIGTERM)
+        else:
+            client.stdin.write("\n")
+            client.stdin.flush()
         client.wait(timeout=120)
     finally:
         if client.poll() is None:

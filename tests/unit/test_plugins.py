@@ -148,8 +148,21 @@ def test_entry_point_group_is_declared_for_docker():
 
     names = {ep.name: ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
     assert names.get("docker") == "pybox_docker:local"
-    assert names.get("docker-remote") == "pybox_docker:remote"
+    assert names.get("docker-remote") == "pybox_docker:remote_plugin"
+    assert names.get("swarm") == "pybox_docker:swarm_plugin"
     assert names.get("podman") == "pybox_podman"
+
+
+def test_entry_points_still_register_after_the_backend_modules_were_imported():
+    # pybox_docker.remote / .swarm (the modules) once shadowed the plugin objects of the same
+    # name: a second plugin manager in the process registered neither backend.
+    pytest.importorskip("docker")
+    import pybox_docker.remote  # noqa: F401
+    import pybox_docker.swarm  # noqa: F401
+
+    for _ in range(2):
+        backends = Plugins().backends()
+        assert {"docker", "docker-remote", "swarm"} <= set(backends), sorted(backends)
 
 
 # -- the boundary -------------------------------------------------------------------------

@@ -3,11 +3,13 @@ exactly as a third party's would be:
 
 - ``docker`` (entry point ``pybox_docker:local``): the engine DOCKER_HOST or the local
   socket names;
-- ``docker-remote`` (entry point ``pybox_docker:remote``): an engine on another host,
-  the same backend minus the shared-filesystem and shared-network assumptions.
+- ``docker-remote`` (entry point ``pybox_docker:remote_plugin``): an engine on another host,
+  the same backend minus the shared-filesystem and shared-network assumptions;
+- ``swarm`` (entry point ``pybox_docker:swarm_plugin``): a Docker Swarm, one service per
+  sandbox, DOCKER_HOST naming a manager.
 
 docker-py is imported only when a backend is used; without it (``pip install
-'pybox[docker]'``) these two backends are disabled and say so, the others load.
+'pybox[docker]'``) these backends are disabled and say so, the others load.
 """
 
 from pybox import hookimpl
@@ -32,5 +34,19 @@ class RemoteDockerPlugin:
         register(RemoteDockerBackend)
 
 
+class SwarmPlugin:
+    @hookimpl
+    def pybox_register_backends(self, register):
+        require_module("docker", backend="swarm", extra="docker")
+        from pybox_docker.swarm import SwarmBackend
+
+        register(SwarmBackend)
+
+
+# The plugin objects' names must differ from the submodules' (remote.py, swarm.py): importing
+# ``pybox_docker.remote`` sets the package's attribute ``remote`` to that module, and an entry
+# point ``pybox_docker:remote`` resolved afterwards (a second plugin manager in one process)
+# got the module, which registers nothing.
 local = LocalDockerPlugin()
-remote = RemoteDockerPlugin()
+remote_plugin = RemoteDockerPlugin()
+swarm_plugin = SwarmPlugin()
