@@ -130,7 +130,9 @@ VETH_HOST_ADDR, VETH_NS_ADDR = "10.213.9.17", "10.213.9.18"
 TCP_PORT = 18932
 REMOTE_NETNS = "pybox-remote"  # .ci/start-remote-dockerd: the remote engine's host
 #: Where the engine's host is, for listeners on it and connections from it.
-ENGINE_NETNS = REMOTE_NETNS if BACKEND == "docker-remote" else None
+#: .ci/start-kubernetes: the (first) node, where the integration run's pods are.
+K8S_NODE_NETNS = "pybox-k8s-1"
+ENGINE_NETNS = {"docker-remote": REMOTE_NETNS, "kubernetes": K8S_NODE_NETNS}.get(BACKEND)
 
 
 def ip(*args, check=True):
@@ -250,7 +252,7 @@ def host_address():
     from pybox.launch import host_addresses
 
     found = [a for a in host_addresses(None) if ":" not in a]
-    return found[0] if found and BACKEND != "docker-remote" else None
+    return found[0] if found and BACKEND not in ("docker-remote", "kubernetes") else None
 
 
 def test_default_reaches_the_public_internet_only(outside, on_engine_host):
