@@ -29,7 +29,6 @@ def engine_command(*args: str, check: bool = True) -> subprocess.CompletedProces
 def kubernetes_command(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     from kubernetes import client, config
     from kubernetes.stream import stream
-
     from pybox_kubernetes.config import Settings
 
     config.load_kube_config()

@@ -9,12 +9,6 @@ import json
 from types import SimpleNamespace
 
 import pytest
-
-from pybox.errors import BackendUnavailable, UnsupportedOperation
-from pybox.image_contract import INIT, NETWORK_ENV, TOKEN_ENV
-from pybox.launch import plan_launch
-from pybox.ownership import creation_labels
-from pybox.spec import ContainerSpec, Limits
 from pybox_kubernetes.config import Settings
 from pybox_kubernetes.manifests import (
     LABELS_ANNOTATION,
@@ -24,6 +18,12 @@ from pybox_kubernetes.manifests import (
     pod_manifest,
     secret_manifest,
 )
+
+from pybox.errors import BackendUnavailable, UnsupportedOperation
+from pybox.image_contract import INIT, NETWORK_ENV, TOKEN_ENV
+from pybox.launch import plan_launch
+from pybox.ownership import creation_labels
+from pybox.spec import ContainerSpec, Limits
 
 
 def plan(**spec):

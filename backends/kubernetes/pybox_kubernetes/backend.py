@@ -55,7 +55,6 @@ from pybox_kubernetes.manifests import (
     network_policy_manifest,
     owner_reference,
     pod_manifest,
-    pull_policy,
     secret_manifest,
 )
 

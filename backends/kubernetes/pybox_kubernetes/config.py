@@ -174,7 +174,8 @@ def _tolerations(raw: str) -> list[dict[str, Any]]:
         if item.get("operator", "Equal") not in _TOLERATION_OPERATORS:
             raise _bad(TOLERATIONS_ENV, raw, f"operator must be one of {', '.join(_TOLERATION_OPERATORS)}")
         if item.get("effect", "") not in _TOLERATION_EFFECTS:
-            raise _bad(TOLERATIONS_ENV, raw, f"effect must be one of {', '.join(e or repr(e) for e in _TOLERATION_EFFECTS)}")
+            effects = ", ".join(e or repr(e) for e in _TOLERATION_EFFECTS)
+            raise _bad(TOLERATIONS_ENV, raw, f"effect must be one of {effects}")
         for key in ("key", "value"):
             if key in item and not isinstance(item[key], str):
                 raise _bad(TOLERATIONS_ENV, raw, f"{key} must be a string")
