@@ -41,11 +41,18 @@ from kubernetes.stream import portforward, stream
 from websocket import ABNF, WebSocketException
 
 from pybox.backend import ALL_FEATURES, BINDS, Backend, ContainerState, Endpoint, LaunchPlan
-from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError, StartupTimeout
+from pybox.errors import (
+    BackendError,
+    BackendUnavailable,
+    ImageNotFound,
+    PyboxError,
+    StartupTimeout,
+    UnsupportedOperation,
+)
 from pybox.image_contract import SANDBOX_GID, SANDBOX_UID
 from pybox.pull import pull_error, registry_of
 from pybox.spec import PullProgressCallback
-from pybox_kubernetes.config import IN_CLUSTER_NAMESPACE, PULL_POLICY_ENV, Settings
+from pybox_kubernetes.config import CONNECT_ENV, IN_CLUSTER_NAMESPACE, PULL_POLICY_ENV, Settings
 from pybox_kubernetes.forward import PortForwarder
 from pybox_kubernetes.manifests import (
     CONTAINER,
@@ -180,6 +187,10 @@ class KubernetesBackend(Backend):
             if exc.status in (401, 403):
                 raise BackendUnavailable(f"the Kubernetes API server at {self.server} refused to {action} in "
                                          f"namespace {self.namespace}: {_reason(exc)}", RBAC_HINT) from exc
+            handshake = str(exc.reason or "")
+            if (exc.status == 0 or exc.status is None) and ("status 403" in handshake or "status 401" in handshake):
+                raise BackendUnavailable(f"the Kubernetes API server at {self.server} refused to {action} in "
+                                         f"namespace {self.namespace}: {handshake}", RBAC_HINT) from exc
             if exc.status == 0 or exc.status is None:
                 raise BackendUnavailable(f"cannot reach the Kubernetes API server at {self.server} while trying "
                                          f"to {action}: {_reason(exc)}", SETUP_HINT) from exc
@@ -311,15 +322,25 @@ class KubernetesBackend(Backend):
             raise BackendError(f"pod {container_id} no longer exists")
         if pod.status is None or pod.status.phase != "Running":
             raise BackendError(f"pod {container_id} is not running ({_pending_reason(pod)})")
+        wanted = plan.published(plan.gateway_port).host_port
         if self._connect_mode() == "pod-ip":
+            if wanted is not None:
+                raise UnsupportedOperation(f"a sandbox reached at its pod's IP listens on the pod's port "
+                                           f"{plan.gateway_port}, not on port {wanted}: leave the port unset, or "
+                                           f"set {CONNECT_ENV}=port-forward to get a local port of your choice")
             if not pod.status.pod_ip:
                 raise BackendError(f"pod {container_id} has no IP address yet")
             return Endpoint(pod.status.pod_ip, plan.gateway_port)
         with self._lock:
             forwarder = self._forwarders.get(container_id)
             if forwarder is None:
-                forwarder = self._forwarders[container_id] = PortForwarder(
-                    lambda: self._open_port_forward(container_id, plan.gateway_port), container_id)
+                try:
+                    forwarder = PortForwarder(lambda: self._open_port_forward(container_id, plan.gateway_port),
+                                              container_id, wanted or 0)
+                except OSError as exc:
+                    raise BackendError(f"port {wanted} on 127.0.0.1 is already in use; choose another port or "
+                                       f"leave it unset so that a free one is picked") from exc
+                self._forwarders[container_id] = forwarder
         return Endpoint(forwarder.host, forwarder.port)
 
     def _connect_mode(self) -> str:

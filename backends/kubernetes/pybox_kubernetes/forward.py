@@ -29,12 +29,16 @@ class PortForwarder:
     """Listens on 127.0.0.1:<free port>; ``open_stream()`` returns a connected socket-like
     object (the port-forward's) for each accepted connection."""
 
-    def __init__(self, open_stream: Callable[[], Any], description: str):
+    def __init__(self, open_stream: Callable[[], Any], description: str, port: int = 0):
+        """Raises OSError (EADDRINUSE) when ``port`` is taken."""
         self._open_stream = open_stream
         self._description = description
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", 0))
+        try:
+            self._listener.bind(("127.0.0.1", port))
+        except OSError:
+            self._listener.close()
+            raise
         self._listener.listen(64)
         self.host, self.port = self._listener.getsockname()[:2]
         self._closed = threading.Event()
