@@ -1,7 +1,11 @@
 """Scale-out figures: each backend named, measured in the same run, side by side.
 
-    python benchmarks/bench_scaleout.py [--backends docker,kubernetes] [--cold 5] [--runs 300]
-                                        [--concurrent 16] [--memory 256m]
+    python benchmarks/bench_scaleout.py [--backends docker,kubernetes,kubernetes@pod-ip] [--cold 5]
+                                        [--runs 300] [--concurrent 16] [--memory 256m]
+
+``kubernetes@pod-ip`` is the kubernetes backend with PYBOX_K8S_CONNECT=pod-ip (this machine
+must route to the pod network, as a client inside the cluster does); plain ``kubernetes``
+reaches the gateway as the environment says (outside a cluster: through the API server).
 
 For each backend (its engine reached as the environment says: for kubernetes the
 kubeconfig, e.g. KUBECONFIG=/tmp/pybox-ci/kubeconfig):
@@ -17,6 +21,7 @@ process limit (Kubernetes has only the node-wide one).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import threading
 import time
@@ -115,8 +120,13 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=16)
     parser.add_argument("--memory", default="256m")
     args = parser.parse_args()
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        print(f"== {backend}")
+    for spec in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        backend, _, connect = spec.partition("@")
+        if connect:
+            os.environ["PYBOX_K8S_CONNECT"] = connect
+        else:
+            os.environ.pop("PYBOX_K8S_CONNECT", None)
+        print(f"== {spec}")
         starts = cold_starts(backend, args.image, args.cold, args.memory)
         print(f"start to first result: median {statistics.median(starts):.2f} s, "
               f"min {min(starts):.2f} s, max {max(starts):.2f} s over {len(starts)} starts")
