@@ -207,7 +207,12 @@ class KubernetesBackend(Backend):
         return urlparse(self.server).hostname or None
 
     def adjust_plan(self, plan: LaunchPlan) -> None:
+        # No per-pod process limit in Kubernetes: accepted only when the cluster's own
+        # per-pod limit is at least as tight (else UnsupportedOperation), and then taken out
+        # of the plan, since there is nothing to set (core refuses a plan with pids on a
+        # backend without PIDS_LIMIT).
         check_pids(plan, self.settings)
+        plan.pids = None
 
     def start(self, plan: LaunchPlan) -> str:
         settings = self.settings
