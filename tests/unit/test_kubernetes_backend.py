@@ -215,3 +215,59 @@ def test_pod_states_map_to_container_states():
                                     message="0/1 nodes are available: 1 Insufficient memory.")
     pending = pod_state(_pod(None, phase="Pending", conditions=[unschedulable]))
     assert not pending.running and "Insufficient memory" in pending.error
+
+
+# -- the port-forward listener's piping (a real local TCP server stands for the pod) ------------
+
+
+def test_the_forwarder_pipes_each_connection_through_its_own_stream():
+    import socket
+    import threading
+
+    from pybox_kubernetes.forward import PortForwarder
+
+    server = socket.create_server(("127.0.0.1", 0))
+    streams = []
+
+    def echo():
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                while data := connection.recv(65536):
+                    connection.sendall(data.upper())
+
+    threading.Thread(target=echo, daemon=True).start()
+
+    class Stream:
+        def __init__(self):
+            self.sock = socket.create_connection(server.getsockname())
+            streams.append(self)
+
+        def socket(self):
+            return self.sock
+
+        def close(self):
+            self.sock.close()
+
+    forwarder = PortForwarder(Stream, "test")
+    try:
+        for _ in range(2):
+            with socket.create_connection((forwarder.host, forwarder.port), timeout=5) as client:
+                payload = b"x" * 300_000
+                client.sendall(payload)
+                client.shutdown(socket.SHUT_WR)
+                received = b""
+                while chunk := client.recv(65536):
+                    received += chunk
+                assert received == payload.upper()
+        assert len(streams) == 2  # one stream per connection
+        with pytest.raises(OSError):
+            PortForwarder(Stream, "busy", forwarder.port)  # a taken port is refused
+    finally:
+        forwarder.close()
+        server.close()
+    with pytest.raises(OSError):
+        socket.create_connection((forwarder.host, forwarder.port), timeout=2)

@@ -86,6 +86,10 @@ class PortForwarder:
 
     def close(self) -> None:
         self._closed.set()
+        try:  # wakes the accepting thread: a plain close() would leave the port listening under it
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         _close_quietly(self._listener)
         with self._lock:
             connections, streams = list(self._connections), list(self._streams)
@@ -99,10 +103,11 @@ class PortForwarder:
 
 
 def _pump(client: socket.socket, remote: Any, closed: threading.Event) -> None:
-    """Copy both ways until either side ends; each read is at most CHUNK bytes and is
-    written out before the next one (no unbounded buffer here)."""
+    """Copy both ways until both directions ended (an end is passed on as a half-close:
+    HTTP clients may wait for it); each read is at most CHUNK bytes and is written out
+    before the next one (no unbounded buffer here)."""
     peers = {client.fileno(): (client, remote), remote.fileno(): (remote, client)}
-    while not closed.is_set():
+    while peers and not closed.is_set():
         try:
             readable, _, _ = select.select(list(peers), [], [], 1.0)
         except (OSError, ValueError):
@@ -114,11 +119,12 @@ def _pump(client: socket.socket, remote: Any, closed: threading.Event) -> None:
             except OSError:
                 return
             if not data:
-                try:  # pass the half-close on: HTTP clients may wait for it
+                del peers[fd]
+                try:
                     sink.shutdown(socket.SHUT_WR)
                 except OSError:
-                    pass
-                return
+                    return
+                continue
             try:
                 sink.sendall(data)
             except OSError:
