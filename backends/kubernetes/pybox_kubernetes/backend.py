@@ -40,7 +40,7 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.stream import portforward, stream
 from websocket import ABNF, WebSocketException
 
-from pybox.backend import ALL_FEATURES, BINDS, Backend, ContainerState, Endpoint, LaunchPlan
+from pybox.backend import ALL_FEATURES, BINDS, PIDS_LIMIT, Backend, ContainerState, Endpoint, LaunchPlan
 from pybox.errors import (
     BackendError,
     BackendUnavailable,
@@ -52,7 +52,13 @@ from pybox.errors import (
 from pybox.image_contract import SANDBOX_GID, SANDBOX_UID
 from pybox.pull import pull_error, registry_of
 from pybox.spec import PullProgressCallback
-from pybox_kubernetes.config import CONNECT_ENV, IN_CLUSTER_NAMESPACE, PULL_POLICY_ENV, Settings
+from pybox_kubernetes.config import (
+    CONNECT_ENV,
+    IN_CLUSTER_NAMESPACE,
+    POD_PIDS_LIMIT_ENV,
+    PULL_POLICY_ENV,
+    Settings,
+)
 from pybox_kubernetes.forward import PortForwarder
 from pybox_kubernetes.manifests import (
     CONTAINER,
@@ -102,8 +108,12 @@ AS_SANDBOX_USER = ["/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "
 class KubernetesBackend(Backend):
     name = "kubernetes"
     description = "Kubernetes cluster, one pod per sandbox (KUBECONFIG, ~/.kube/config or in-cluster)"
-    features = ALL_FEATURES - {BINDS}
-    unsupported_hints = {BINDS: BINDS_REFUSED}
+    # A process limit: only the cluster's per pod (kubelet --pod-max-pids); adjust_plan
+    # accepts a plan's when PYBOX_K8S_POD_PIDS_LIMIT says that one is as tight.
+    features = ALL_FEATURES - {BINDS, PIDS_LIMIT}
+    unsupported_hints = {BINDS: BINDS_REFUSED,
+                         PIDS_LIMIT: f"the cluster enforces one limit per pod; set {POD_PIDS_LIMIT_ENV} to it, or "
+                                     f"pass limits=pybox.Limits(pids=None)"}
     # Port-forwarded through the API server, or straight to a pod IP across the cluster
     # network: either way the gateway's traffic is encrypted and pinned.
     gateway_tls = True
