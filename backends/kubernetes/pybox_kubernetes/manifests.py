@@ -227,7 +227,9 @@ def network_policy_manifest(name: str, plan: LaunchPlan) -> dict[str, Any] | Non
     elif policy.startswith("default"):
         hosts = [h for h in policy.partition(":")[2].split(",") if h]
         v4 = [n for n in DEFAULT_BLOCKED_NETWORKS if ":" not in n]
-        v6 = [n for n in DEFAULT_BLOCKED_NETWORKS if ":" in n and n != "::/128"]
+        # (IPv4-mapped addresses: Kubernetes reads ::ffff:0:0/96 as IPv4 and refuses it here;
+        # what they map to is excluded from the IPv4 block already)
+        v6 = [n for n in DEFAULT_BLOCKED_NETWORKS if ":" in n and n not in ("::/128", "::ffff:0:0/96")]
         for host in hosts:
             try:
                 address = ipaddress.ip_address(host)
