@@ -400,6 +400,8 @@ class KubernetesBackend(Backend):
             except ApiException as exc:
                 if exc.status in (400, 404):  # gone, or no container started yet
                     return ""
+                if exc.status is not None and exc.status >= 500:  # the node did not answer: say so, do not mask
+                    return f"(the pod's log could not be read: {_reason(exc)})"
                 raise
         return text if isinstance(text, str) else str(text)
 
