@@ -540,9 +540,13 @@ def pod_state(pod: Any) -> ContainerState:
                               error=" ".join(p for p in (reason, (ended.message or "")[:MAX_ERROR_TEXT]) if p))
     if state is not None and state.running is not None:
         return ContainerState(running=True, status="running")
-    if status is not None and status.phase == "Failed":  # evicted, for one
-        return ContainerState(running=False, status="failed",
-                              error=" ".join(p for p in (status.reason or "", status.message or "") if p))
+    if status is not None and status.phase == "Failed":  # evicted, or the prepare step failed
+        words = [status.reason or "", status.message or ""]
+        for prepare in status.init_container_statuses or []:
+            ended = prepare.state.terminated if prepare.state is not None else None
+            if ended is not None and ended.exit_code:
+                words.append(f"init container {prepare.name} exited with {ended.exit_code} ({ended.reason or ''})")
+        return ContainerState(running=False, status="failed", error=" ".join(w for w in words if w)[:MAX_ERROR_TEXT])
     return ContainerState(running=False, status=(status.phase or "pending").lower() if status else "pending",
                           error=_pending_reason(pod))
 

@@ -174,7 +174,7 @@ def _prepare_container(plan: LaunchPlan, mounts: list[dict[str, Any]],
         if path == "/tmp":
             steps.append(f"chmod 1777 {path}")
         elif mount["name"].startswith("volume-"):
-            steps.append(f"chown {SANDBOX_UID}:{SANDBOX_GID} {path} && chmod 755 {path}")
+            steps.append(f"chmod 755 {path} && chown {SANDBOX_UID}:{SANDBOX_GID} {path}")  # chmod while root's
     if not steps:
         return None
     return {
