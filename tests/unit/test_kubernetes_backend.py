@@ -121,7 +121,8 @@ def test_a_read_only_plan_gets_memory_scratch_and_a_prepared_volume():
     assert mounts["/tmp"]["emptyDir"] == {"medium": "Memory", "sizeLimit": str(256 << 20)}
     assert mounts["/app"]["emptyDir"] == {}
     (prepare,) = pod["spec"]["initContainers"]
-    assert "chmod 1777 /tmp" in prepare["command"][-1] and "chmod 755 /app && chown 1000:1000 /app" in prepare["command"][-1]
+    script = prepare["command"][-1]
+    assert "chmod 1777 /tmp" in script and "chmod 755 /app && chown 1000:1000 /app" in script
     assert prepare["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
 
 
