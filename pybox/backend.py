@@ -43,6 +43,7 @@ __all__ = [
     "LIMITS",
     "NETWORK_INIT",
     "NETWORK_POLICY",
+    "PIDS_LIMIT",
     "READ_ONLY",
     "WORKDIR",
     "Backend",
@@ -62,14 +63,19 @@ __all__ = [
 # whose feature its backend does not declare, instead of starting without it.
 #: Host paths bind-mounted into the container (``Sandbox(binds=...)``).
 BINDS = "binds"
-#: Memory, CPU and process limits (``Sandbox(limits=...)``).
+#: Memory and CPU limits (``Sandbox(limits=...)``).
 LIMITS = "limits"
+#: A process limit per sandbox (``Limits(pids=...)``): Docker's and Podman's pids limit of
+#: the container; engines that only have a node-wide one (Kubernetes' --pod-max-pids) do
+#: not declare it, and core then refuses a plan with ``pids`` set unless the backend's
+#: ``adjust_plan`` took it out because the engine's own limit is at least as tight.
+PIDS_LIMIT = "pids_limit"
 #: A read-only root filesystem with tmpfs scratch and a volume at /app.
 READ_ONLY = "read_only"
 #: The default network policy, ``network="none"`` and allowlists: the image's init run
 #: as root with NET_ADMIN.
 NETWORK_POLICY = "network_policy"
-ALL_FEATURES = frozenset({BINDS, LIMITS, READ_ONLY, NETWORK_POLICY})
+ALL_FEATURES = frozenset({BINDS, LIMITS, PIDS_LIMIT, READ_ONLY, NETWORK_POLICY})
 
 
 class Backend(abc.ABC):
@@ -86,7 +92,7 @@ class Backend(abc.ABC):
     name: ClassVar[str] = ""
     #: One line shown by ``pybox backends``.
     description: ClassVar[str] = ""
-    #: What this backend enforces (BINDS, LIMITS, READ_ONLY, NETWORK_POLICY). Core
+    #: What this backend enforces (BINDS, LIMITS, PIDS_LIMIT, READ_ONLY, NETWORK_POLICY). Core
     #: refuses an option whose feature is missing here, with UnsupportedOperation.
     features: ClassVar[frozenset[str]] = frozenset()
     #: Why a feature is missing and what to do instead, by feature (used in the refusal);

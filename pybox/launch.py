@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from pybox.backend import BINDS, LIMITS, NETWORK_POLICY, READ_ONLY, Backend
+from pybox.backend import BINDS, LIMITS, NETWORK_POLICY, PIDS_LIMIT, READ_ONLY, Backend
 from pybox.errors import BackendError, UnsupportedOperation
 from pybox.image_contract import (
     DEFAULT_BLOCKED_NETWORKS,
@@ -229,7 +229,8 @@ def keep_image_content(plan: LaunchPlan) -> None:
 #: The sandbox option each backend feature stands for, as users write it.
 _OPTION_OF_FEATURE = {
     BINDS: "binds",
-    LIMITS: "limits (memory, cpus, pids)",
+    LIMITS: "limits (memory, cpus)",
+    PIDS_LIMIT: "a process limit per sandbox (limits=pybox.Limits(pids=...))",
     READ_ONLY: "read_only=True",
     NETWORK_POLICY: "a network policy (the default policy, network='none' or an allowlist; "
                     "network='open' needs none)",
@@ -241,8 +242,10 @@ def features_needed(plan: LaunchPlan) -> list[str]:
     needed = []
     if plan.binds:
         needed.append(BINDS)
-    if plan.memory_bytes is not None or plan.cpus is not None or plan.pids is not None:
+    if plan.memory_bytes is not None or plan.cpus is not None:
         needed.append(LIMITS)
+    if plan.pids is not None:
+        needed.append(PIDS_LIMIT)
     if plan.read_only:
         needed.append(READ_ONLY)
     if plan.network_policed:
@@ -258,6 +261,8 @@ def refuse_unsupported(plan: LaunchPlan, backend: Backend) -> None:
             hint = backend.unsupported_hints.get(feature, "")
             if not hint and feature == LIMITS:
                 hint = "to run without limits, pass limits=pybox.Limits(memory=None, cpus=None, pids=None)"
+            if not hint and feature == PIDS_LIMIT:
+                hint = "to run without a process limit, pass limits=pybox.Limits(pids=None)"
             what = f"the {backend.name} backend cannot enforce {_OPTION_OF_FEATURE[feature]}"
             if feature == BINDS:
                 what += f" ({', '.join(b.host for b in plan.binds)})"

@@ -25,7 +25,7 @@ from typing import ClassVar
 import pytest
 
 import pybox
-from pybox.backend import LABEL, LIMITS, NETWORK_POLICY, READ_ONLY, Backend, ContainerSpec
+from pybox.backend import LABEL, LIMITS, NETWORK_POLICY, PIDS_LIMIT, READ_ONLY, Backend, ContainerSpec
 from pybox.errors import BackendError, ImageNotFound, PyboxError, UnsupportedOperation
 from pybox.image_contract import IMAGE_PROTOCOL, PROTOCOL_LABEL, TOKEN_ENV
 from pybox.launch import prepare_launch
@@ -216,13 +216,19 @@ class BackendContract:
             assert sandbox.run("print(open('/app/ok').read() + open('/tmp/ok').read())").text == "okok"
 
     def test_limits_are_applied(self) -> None:
-        sandbox = self._refuses_or_starts(LIMITS, limits=pybox.Limits(memory="300m", pids=123, cpus=0.5))
+        sandbox = self._refuses_or_starts(LIMITS, limits=pybox.Limits(memory="300m", pids=None, cpus=0.5))
+        if sandbox is None:
+            return
+        with sandbox:
+            memory = sandbox.run(READ_CGROUP.format(v1="memory/memory.limit_in_bytes", v2="memory.max")).text
+            assert int(memory) == 300 << 20
+
+    def test_process_limit_is_applied(self) -> None:
+        sandbox = self._refuses_or_starts(PIDS_LIMIT, limits=pybox.Limits(memory=None, pids=123))
         if sandbox is None:
             return
         with sandbox:
             assert sandbox.run(READ_CGROUP.format(v1="pids/pids.max", v2="pids.max")).text == "123"
-            memory = sandbox.run(READ_CGROUP.format(v1="memory/memory.limit_in_bytes", v2="memory.max")).text
-            assert int(memory) == 300 << 20
 
     def test_out_of_memory_is_reported_as_such(self) -> None:
         sandbox = self._refuses_or_starts(LIMITS, limits=pybox.Limits(memory="200m"))

@@ -18,7 +18,11 @@ IMAGE = os.environ.get("PYBOX_TEST_IMAGE", pybox.DEFAULT_IMAGE)
 
 def engine_command(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """The engine's own CLI (docker, or podman --remote), for what pybox does not do
-    (restart a container, exec as root)."""
+    (restart a container, exec as root). On kubernetes: `exec [-u UID] POD COMMAND...`
+    and `logs POD` through the API (the pod's container runs as root; other users through
+    setpriv); a test that restarts a container skips there."""
+    if BACKEND == "kubernetes":
+        return kubernetes_command(*args, check=check)
     cli = ["podman", "--remote"] if BACKEND == "podman" else ["docker"]
     env = None
     if BACKEND == "swarm":
@@ -42,6 +46,40 @@ def swarm_container_args(args):
         return found, env
     finally:
         engine.close()
+
+
+def kubernetes_command(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    from kubernetes import client, config
+    from kubernetes.stream import stream
+    from pybox_kubernetes.config import Settings
+
+    config.load_kube_config()
+    _, active = config.list_kube_config_contexts()
+    namespace = Settings.from_environment().namespace or active["context"].get("namespace") or "default"
+    api = client.CoreV1Api(client.ApiClient())
+    words = list(args)
+    if words[0] == "logs":
+        text = api.read_namespaced_pod_log(words[1], namespace, container="sandbox")
+        return subprocess.CompletedProcess(args, 0, stdout=text, stderr="")
+    if words[0] != "exec":
+        pytest.skip(f"`{' '.join(args[:1])}` has no equivalent for a pod (pods are not restarted: restartPolicy Never)")
+    words = words[1:]
+    user = "0"
+    if words[0] == "-u":
+        user, words = words[1], words[2:]
+    pod, command = words[0], words[1:]
+    if user != "0":
+        command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--inh-caps=-all",
+                   "--bounding-set=-all", "--", *command]
+    session = stream(api.connect_get_namespaced_pod_exec, pod, namespace, container="sandbox", command=command,
+                     stdin=False, stdout=True, stderr=True, tty=False, _preload_content=False)
+    session.run_forever(timeout=120)
+    stdout, stderr = session.read_stdout() or "", session.read_stderr() or ""
+    code = session.returncode or 0
+    session.close()
+    if check and code:
+        raise subprocess.CalledProcessError(code, args, stdout, stderr)
+    return subprocess.CompletedProcess(args, code, stdout=stdout, stderr=stderr)
 
 
 def pytest_configure(config):

@@ -6,6 +6,7 @@ import time
 import pytest
 
 import pybox
+from pybox.backend import PIDS_LIMIT
 from pybox.plugins import get_plugins
 
 from .conftest import BACKEND, IMAGE
@@ -24,6 +25,9 @@ def test_memory_hog_is_killed_and_named_oom():
             sb.run("survivor")
 
 
+@pytest.mark.skipif(PIDS_LIMIT not in get_plugins().backend(BACKEND).features,
+                    reason="the backend has no process limit per sandbox (a Kubernetes cluster's is per node: "
+                           "tests/integration/test_kubernetes.py)")
 def test_process_limit_contains_a_fork_bomb():
     with pybox.Sandbox(image=IMAGE, backend=BACKEND, limits=pybox.Limits(pids=64)) as sb:
         result = sb.run(

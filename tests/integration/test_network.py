@@ -131,7 +131,9 @@ TCP_PORT = 18932
 REMOTE_NETNS = "pybox-remote"  # .ci/start-remote-dockerd: the remote engine's host
 SWARM_NODE1_NETNS = "pybox-swarm1"  # .ci/start-swarm: node 1 (this module's sandboxes run there)
 #: Where the engine's host is, for listeners on it and connections from it.
-ENGINE_NETNS = {"docker-remote": REMOTE_NETNS, "swarm": SWARM_NODE1_NETNS}.get(BACKEND)
+#: .ci/start-kubernetes: the (first) node, where the integration run's pods are.
+K8S_NODE_NETNS = "pybox-k8s-1"
+ENGINE_NETNS = {"docker-remote": REMOTE_NETNS, "swarm": SWARM_NODE1_NETNS, "kubernetes": K8S_NODE_NETNS}.get(BACKEND)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -263,7 +265,7 @@ def host_address():
     from pybox.launch import host_addresses
 
     found = [a for a in host_addresses(None) if ":" not in a]
-    return found[0] if found and BACKEND not in ("docker-remote", "swarm") else None
+    return found[0] if found and BACKEND not in ("docker-remote", "swarm", "kubernetes") else None
 
 
 def test_default_reaches_the_public_internet_only(outside, on_engine_host):

@@ -9,7 +9,8 @@ from pybox.freeact import execution_environment
 
 from .conftest import BACKEND, IMAGE
 
-pytestmark = pytest.mark.skipif(BACKEND in ("docker-remote", "swarm"), reason="host bind mounts need a local engine")
+pytestmark = pytest.mark.skipif(BACKEND in ("docker-remote", "swarm", "kubernetes"),
+                                reason="host bind mounts need a local engine")
 
 
 def test_execution_environment(tmp_path):

@@ -12,6 +12,7 @@ from pybox.backend import (
     BINDS,
     LIMITS,
     NETWORK_POLICY,
+    PIDS_LIMIT,
     READ_ONLY,
     Bind,
     ContainerSpec,
@@ -185,6 +186,20 @@ def test_first_party_backends_declare_what_they_enforce():
     remote = backends["docker-remote"].cls
     assert BINDS not in remote.features and {LIMITS, READ_ONLY, NETWORK_POLICY} <= remote.features
     assert "upload" in remote.unsupported_hints[BINDS]
+    if "kubernetes" in backends:  # its client installed (pybox[kubernetes])
+        kubernetes = backends["kubernetes"].cls
+        assert kubernetes.features == ALL_FEATURES - {BINDS, PIDS_LIMIT} and kubernetes.gateway_tls
+        assert "upload" in kubernetes.unsupported_hints[BINDS]
+
+
+def test_a_process_limit_is_refused_by_a_backend_without_one():
+    class NoProcessLimit(NoFeatures):
+        name = "nopids"
+        features = ALL_FEATURES - {PIDS_LIMIT}
+
+    refuse_unsupported(plan_launch(ContainerSpec(image="i", limits=Limits(pids=None))), NoProcessLimit())
+    with pytest.raises(UnsupportedOperation, match=r"process limit.*Limits\(pids=None\)"):
+        refuse_unsupported(plan_launch(ContainerSpec(image="i")), NoProcessLimit())
 
 
 # -- the default network policy and pinned domains -------------------------------------------
