@@ -726,10 +726,10 @@ class _ForwardStream:
         return self._socket
 
     def close(self) -> None:
+        # Closing our end is enough: the client library's proxy thread then closes the
+        # websocket itself (closing it from here races that thread).
         with contextlib.suppress(Exception):
             self._forward.close()
-        with contextlib.suppress(Exception):
-            self._forward.websocket.close()
         with contextlib.suppress(Exception):
             self._api.close()
 
