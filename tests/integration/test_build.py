@@ -10,7 +10,11 @@ import pybox
 
 from .conftest import BACKEND
 
-pytestmark = pytest.mark.skipif(BACKEND == "docker-remote", reason="a full build on the remote engine takes minutes")
+pytestmark = [
+    pytest.mark.skipif(BACKEND == "docker-remote", reason="a full build on the remote engine takes minutes"),
+    pytest.mark.skipif(BACKEND == "kubernetes", reason="the kubernetes backend does not build images (build with a "
+                                                       "local engine, then load or push the image)"),
+]
 
 TAG = "pybox-deps-test:latest"
 

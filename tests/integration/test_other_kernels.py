@@ -144,6 +144,7 @@ def test_bash_starts_under_a_network_policy():
 
 @pytest.mark.skipif(BACKEND == "docker-remote", reason="a build on the remote engine takes minutes")
 @pytest.mark.skipif(BACKEND == "swarm", reason="the swarm backend does not build images")
+@pytest.mark.skipif(BACKEND == "kubernetes", reason="the kubernetes backend does not build images")
 def test_build_adds_a_kernel():
     """`pybox build --kernel`: the package installed, its kernelspec registered with an
     install module and arguments. ipykernel registering a second Python kernelspec is the

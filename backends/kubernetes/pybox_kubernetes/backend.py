@@ -319,16 +319,14 @@ class KubernetesBackend(Backend):
                 cause = BackendError(f"{waiting.reason}: {message}")
                 if waiting.reason == "ErrImageNeverPull":
                     where = ("on no node the pod may run on; with imagePullPolicy Never (the default for an image "
-                             "without a registry) it must be there already: load it into the nodes' container "
-                             f"runtime, or set {PULL_POLICY_ENV}")
+                             "without a registry) it must be there already: build it with `pybox build` and load "
+                             f"it into the nodes' container runtime, push it to a registry, or set {PULL_POLICY_ENV}")
                     raise ImageNotFound(plan.image, where) from cause
                 if waiting.reason == "InvalidImageName":
                     raise ImageNotFound(plan.image, f"the cluster refuses the name: {message}") from cause
                 raise pull_error(plan.image, message) from cause
-            if waiting is not None and waiting.reason in ("CreateContainerConfigError", "CreateContainerError",
-                                                           "RunContainerError"):
-                raise BackendError(f"the cluster could not start pod {pod.metadata.name}'s container: "
-                                   f"{waiting.reason}: {(waiting.message or '')[:MAX_ERROR_TEXT]}")
+            # CreateContainerConfigError and the like: the kubelet retries them (a secret cache
+            # that timed out under load, say); they are reported at the deadline if they last.
         return False
 
     def endpoint(self, container_id: str, plan: LaunchPlan) -> Endpoint:
@@ -459,7 +457,10 @@ class KubernetesBackend(Backend):
         parent, base = posixpath.split(posixpath.normpath(path))
         if not base:
             parent, base = "/", "."
-        command = [*AS_SANDBOX_USER, "/usr/bin/tar", "-c", "-f", "-", "-C", parent or "/", "--", base]
+        # A missing path: no archive at all (tar would still write an empty one), and the words below.
+        script = ('cd "$1" && { [ -e "$2" ] || [ -L "$2" ]; } || { echo "$1/$2: No such file" >&2; exit 2; }; '
+                  'exec /usr/bin/tar -c -f - -- "$2"')
+        command = [*AS_SANDBOX_USER, "/bin/sh", "-c", script, "sh", parent or "/", base]
         with self._errors(f"copy {path} out of the pod"):
             session = _Exec(self._own_core(), self.namespace, container_id, command, stdin=False)
         return self._archive_chunks(session, container_id, path)
@@ -725,10 +726,10 @@ class _ForwardStream:
         return self._socket
 
     def close(self) -> None:
+        # Closing our end is enough: the client library's proxy thread then closes the
+        # websocket itself (closing it from here races that thread).
         with contextlib.suppress(Exception):
             self._forward.close()
-        with contextlib.suppress(Exception):
-            self._forward.websocket.close()
         with contextlib.suppress(Exception):
             self._api.close()
 
