@@ -20,6 +20,9 @@ from pybox.snapshot import SNAPSHOT_BASE_ID_LABEL, SNAPSHOT_LABEL
 
 from .conftest import BACKEND, IMAGE, engine_command
 
+pytestmark = pytest.mark.skipif(BACKEND in ("swarm", "kubernetes"),
+                                reason=f"the {BACKEND} backend refuses snapshots (an image on one node only)")
+
 # A wheel made in the sandbox, installed with pip from the file (no index, no network).
 MAKE_WHEEL = textwrap.dedent('''
     import base64, hashlib, os, subprocess, sys, zipfile

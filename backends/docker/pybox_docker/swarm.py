@@ -132,6 +132,14 @@ class SwarmBackend(RemoteDockerBackend):
         self._nodes_lock = threading.Lock()
         self._node_engines: dict[str, _NodeEngine] = {}
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def commit(self, container_id: str, tag: str, labels: Mapping[str, str]) -> str:
+        raise UnsupportedOperation(
+            "the swarm backend cannot save a sandbox as an image: the image would exist on the one node "
+            "that runs it, and the swarm starts sandboxes on any eligible node. Snapshot on the docker or "
+            "docker-remote backend, and load or push the image to every node")
+
     # -- connection ------------------------------------------------------------------------
 
     def _connect(self) -> docker.APIClient:
