@@ -23,8 +23,10 @@ DEFAULT_PIDS = 256
 @pybox.hookimpl
 def pybox_adjust_launch_plan(plan, backend):
     plan.read_only = True
-    if not plan.scratch:
-        plan.scratch = [Scratch(path, size, owned) for path, size, owned in SCRATCH_MOUNTS]
+    # pybox's scratch mounts a read-only root needs (/tmp, the home's...), where the plan
+    # lacks them: a writable plan already has the gateway's home among them.
+    present = {scratch.path for scratch in plan.scratch}
+    plan.scratch += [Scratch(path, size, owned) for path, size, owned in SCRATCH_MOUNTS if path not in present]
     if WORKDIR not in plan.volumes:
         plan.volumes.append(WORKDIR)
     plan.cap_drop = ["ALL"]
