@@ -31,23 +31,18 @@ import argparse
 import json
 import platform
 import resource
-import secrets
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pybox
-from pybox.backend import ContainerSpec
-from pybox.kernel.gateway import Gateway
-from pybox.launch import prepare_launch
-from pybox.plugins import get_plugins
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import percentile, round_trips, throughput_figures  # noqa: E402
+from bench import StockGateway, percentile, round_trips, throughput_figures  # noqa: E402
 from bench_pool import pool_acquires  # noqa: E402
 
 #: Read inside the container: its CPU time (s) and memory without inactive file cache
@@ -127,59 +122,17 @@ def concurrent_opens(count: int, image: str, backend: str | None) -> float:
     return elapsed
 
 
-def new_kernels(sb: pybox.Sandbox, count: int) -> list[float]:
+def new_kernels(open_kernel: Callable[[], pybox.Kernel], count: int) -> list[float]:
+    """``open_kernel()`` -> first result, ``count`` times."""
     times = []
     for _ in range(count):
         time.sleep(0.5)  # a kernel is opened by code now and then, not in a tight loop
         started = time.perf_counter()
-        kernel = sb.kernel()
+        kernel = open_kernel()
         assert kernel.run("print(2)").text == "2"
         times.append(time.perf_counter() - started)
         kernel.close()
     return times
-
-
-class StockGateway:
-    """The same image's kernel gateway with no pybox configuration, as a container of
-    the same backend."""
-
-    def __init__(self, image: str, backend_name: str | None) -> None:
-        self.backend = get_plugins().backend(backend_name)()
-        self.token = secrets.token_hex(16)
-        spec = ContainerSpec(
-            image=image, env={"KG_AUTH_TOKEN": self.token},
-            labels={"pybox": "1", "pybox.benchmark": "stock-gateway"},
-            command=["jupyter", "kernelgateway", "--KernelGatewayApp.ip=0.0.0.0", "--KernelGatewayApp.port=8888"],
-        )
-        self.plan = prepare_launch(spec, self.backend)
-        started = time.perf_counter()
-        self.container = self.backend.start(self.plan)
-        endpoint = self.backend.endpoint(self.container, self.plan)
-        self.host, self.port = endpoint.host, endpoint.port
-        self.gateway = Gateway(self.host, self.port, self.token)
-        self.gateway.wait_ready(time.monotonic() + 120)
-        self.first = self.new_kernel()
-        assert self.first.run("print(1)").text == "1"
-        self.cold_start = time.perf_counter() - started
-
-    def new_kernel(self) -> pybox.Kernel:
-        return pybox.Kernel.connect(self.host, self.port, self.token)  # a new kernel, shut down by close()
-
-    def new_kernels(self, count: int) -> list[float]:
-        times = []
-        for _ in range(count):
-            time.sleep(0.5)
-            started = time.perf_counter()
-            kernel = self.new_kernel()
-            assert kernel.run("print(2)").text == "2"
-            times.append(time.perf_counter() - started)
-            kernel.close()
-        return times
-
-    def close(self) -> None:
-        self.first.close()
-        self.backend.remove(self.container)
-        self.backend.close()
 
 
 def main() -> None:
@@ -209,7 +162,7 @@ def main() -> None:
         rows.append(("cold start -> first result", ms(statistics.median(cold["start"])), ms(stock.cold_start), "ms"))
         rows.append(("CPU-seconds per start", statistics.median(cold["cpu"]), stock_cpu, "s"))
         rows.append(("idle memory per sandbox", statistics.median(cold["memory"]), stock_memory, "MiB"))
-        stock_kernels = stock.new_kernels(args.kernels)
+        stock_kernels = new_kernels(stock.new_kernel, args.kernels)
         stock_times, stock_lost = round_trips(stock.first, args.stock_runs)
     finally:
         stock.close()
@@ -223,7 +176,7 @@ def main() -> None:
     print("concurrent opens, pool: done", flush=True)
 
     with pybox.Sandbox(image=args.image, backend=args.backend) as sb:
-        kernels = new_kernels(sb, args.kernels)
+        kernels = new_kernels(sb.kernel, args.kernels)
         rows.append(("new kernel -> first result, the first", ms(kernels[0]), ms(stock_kernels[0]), "ms"))
         rows.append(("new kernel -> first result, later (median)", ms(statistics.median(kernels[1:])),
                      ms(statistics.median(stock_kernels[1:])), "ms"))
