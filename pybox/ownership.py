@@ -280,14 +280,19 @@ def close_live_sandboxes() -> None:
 
 def install_process_hooks() -> None:
     """At a sandbox start: the atexit handler, and the SIGTERM handler where the
-    application left SIGTERM alone (main thread only). Once per process."""
+    application left SIGTERM alone (main thread only, once per process).
+
+    The atexit handler is registered again at every call. atexit runs the last one
+    registered first, and an SDK that a backend loads at its first start may register
+    its own: the kubernetes client deletes the kubeconfig's certificate files at exit,
+    after which pybox could no longer reach the cluster to remove the pods."""
     global _atexit_installed, _sigterm_handler
     if not process_hooks_enabled():
         return
     with _hooks_lock:
-        if not _atexit_installed:
-            atexit.register(close_live_sandboxes)
-            _atexit_installed = True
+        atexit.unregister(close_live_sandboxes)
+        atexit.register(close_live_sandboxes)
+        _atexit_installed = True
         if _sigterm_handler is not None or threading.current_thread() is not threading.main_thread():
             return
         if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:

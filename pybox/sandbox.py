@@ -220,10 +220,10 @@ class Sandbox:
                 raise
             deadline = time.monotonic() + self.options.startup_timeout  # a pull does not count
             reap_in_background(self._backend_cls, self.backend_name)  # containers of dead owners
-            install_process_hooks()
             started = time.monotonic()
             self.id = backend.start(plan)
             track_live(self)
+            install_process_hooks()  # after the start: the backend's SDK may have added exit handlers
             log.debug("sandbox container %s created on %s from %s", self.id[:12], self.backend_name, plan.image)
             try:
                 try:

@@ -199,6 +199,26 @@ def test_process_hooks_opt_out(setup, env, expected, monkeypatch):
     assert done.stdout.strip() == expected, done.stderr
 
 
+# An SDK a backend loads at its first start registers its own exit handler after pybox's
+# (the kubernetes client deletes the kubeconfig's certificates): pybox's must still run first.
+EXIT_ORDER_PROBE = """
+import atexit, pybox.ownership as o
+class Sandbox:
+    def close(self):
+        print("sandbox closed", flush=True)
+sandbox = Sandbox()
+o.install_process_hooks()
+atexit.register(print, "sdk cleaned up", flush=True)
+o.track_live(sandbox)
+o.install_process_hooks()
+"""
+
+
+def test_the_exit_handler_runs_before_those_registered_by_sdks_loaded_after_it():
+    done = subprocess.run([sys.executable, "-c", EXIT_ORDER_PROBE], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["sandbox closed", "sdk cleaned up"], done.stderr
+
+
 def test_importing_pybox_installs_nothing():
     code = "import atexit, signal, pybox, pybox.ownership as o; print(o._atexit_installed, " \
            "signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)"
