@@ -809,26 +809,23 @@ _MAX_SOURCES = 64 * 1024 * 1024
 # Kernel.fork: the parent pickles each variable and streams it to the new kernel over
 # an abstract unix socket (the container's own network namespace; a random name); each
 # side is one function, defined, called and deleted in one execution (no history).
+# Kernel.fork's two halves. Each value is pickled straight into the socket and unpickled
+# from it as it arrives (the two kernels work at once, and no pickle of the whole value
+# is ever held in memory). The stream is framed: 8-byte signed lengths, a positive one
+# followed by that many bytes, VALUE_END or VALUE_FAILED closing a value (a value that
+# fails midway is dropped whole by the receiver). A value is a JSON record
+# {"name": ..., "module": ...} or {"name": ...} followed by its pickle's frames; a record
+# {"skipped": ...} names a value that failed; {} ends the stream.
 _FORK_SEND = """
 def _pybox_fork_send(address, timeout):
-    import json, socket, time, types
+    import json, socket, struct, time, types
     try:
         import cloudpickle as pickler
     except ImportError:
         import pickle as pickler
+    VALUE_END, VALUE_FAILED = -1, -2
     shell = get_ipython()
     hidden = shell.user_ns_hidden
-    modules, values, skipped = {}, [], []
-    for name, value in list(shell.user_ns.items()):
-        if name.startswith('_') or (name in hidden and hidden[name] is value):
-            continue
-        if isinstance(value, types.ModuleType):
-            modules[name] = value.__name__
-            continue
-        try:
-            values.append((name, pickler.dumps(value, protocol=5)))
-        except Exception:
-            skipped.append(name)
     give_up = time.monotonic() + timeout
     while True:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -840,11 +837,40 @@ def _pybox_fork_send(address, timeout):
             if time.monotonic() > give_up:
                 raise
             time.sleep(0.005)
+
+    def frame(data):
+        view = memoryview(data).cast('B')
+        if view.nbytes:
+            connection.sendall(struct.pack('>q', view.nbytes))
+            connection.sendall(view)
+
+    def mark(value):
+        connection.sendall(struct.pack('>q', value))
+
+    class Frames:
+        def write(self, data):
+            frame(data)
+            return memoryview(data).nbytes
+
+    def record(**fields):
+        frame(json.dumps(fields).encode())
+        mark(VALUE_END)
+
     with connection:
-        header = {'modules': modules, 'skipped': skipped, 'values': [(n, len(d)) for n, d in values]}
-        connection.sendall(json.dumps(header).encode() + b'\\n')
-        for _, data in values:
-            connection.sendall(data)
+        for name, value in list(shell.user_ns.items()):
+            if name.startswith('_') or (name in hidden and hidden[name] is value):
+                continue
+            if isinstance(value, types.ModuleType):
+                record(name=name, module=value.__name__)
+                continue
+            record(name=name)
+            try:
+                pickler.dump(value, Frames(), protocol=5)
+            except Exception:
+                mark(VALUE_FAILED)
+            else:
+                mark(VALUE_END)
+        record()
 try:
     _pybox_fork_send(ARGUMENTS)
 finally:
@@ -852,31 +878,96 @@ finally:
 """
 _FORK_RECEIVE = """
 def _pybox_fork_receive(address, timeout):
-    import importlib, json, socket
+    import importlib, json, pickle, socket, struct
     try:
-        import cloudpickle as pickler
+        import cloudpickle  # the classes and functions of the values may need it
     except ImportError:
-        import pickle as pickler
+        pass
+    VALUE_END, VALUE_FAILED = -1, -2
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind('\\0' + address)
         server.listen(1)
         server.settimeout(timeout)
         connection, _ = server.accept()
+
+    class Failed(Exception):
+        pass
+
+    class Value:
+        # one value's frames, as the file pickle.load reads
+        def __init__(self, stream):
+            self.stream, self.left, self.ended = stream, 0, False
+
+        def _frame(self):
+            if self.ended:
+                return False
+            (size,) = struct.unpack('>q', self.stream.read(8))
+            if size == VALUE_END:
+                self.ended = True
+                return False
+            if size == VALUE_FAILED:
+                self.ended = True
+                raise Failed()
+            if size <= 0:
+                raise ValueError('bad frame length %d' % size)
+            self.left = size
+            return True
+
+        def read(self, size=-1):
+            parts = []
+            while size != 0 and (self.left or self._frame()):
+                take = self.left if size < 0 else min(size, self.left)
+                data = self.stream.read(take)
+                if len(data) != take:
+                    raise EOFError('the fork stream ended early')
+                parts.append(data)
+                self.left -= take
+                size = size - take if size > 0 else size
+            return parts[0] if len(parts) == 1 else b''.join(parts)
+
+        def readline(self):
+            line = b''
+            while not line.endswith(b'\\n'):
+                byte = self.read(1)
+                if not byte:
+                    break
+                line += byte
+            return line
+
+        def rest(self):
+            while not self.ended:
+                if self.left:
+                    self.stream.read(self.left)
+                    self.left = 0
+                try:
+                    self._frame()
+                except Failed:
+                    pass
+
     namespace = get_ipython().user_ns
+    skipped = []
     with connection, connection.makefile('rb') as stream:
-        header = json.loads(stream.readline())
-        skipped = list(header['skipped'])
-        for name, module in header['modules'].items():
+        while True:
+            header = Value(stream)
+            fields = json.loads(header.read())
+            header.rest()
+            if not fields:
+                break
+            name = fields['name']
+            if 'module' in fields:
+                try:
+                    namespace[name] = importlib.import_module(fields['module'])
+                except Exception:
+                    skipped.append(name)
+                continue
+            value = Value(stream)
             try:
-                namespace[name] = importlib.import_module(module)
+                namespace[name] = pickle.load(value)
+                if value.read(1):
+                    raise ValueError('data after the pickle')
             except Exception:
                 skipped.append(name)
-        for name, size in header['values']:
-            data = stream.read(size)
-            try:
-                namespace[name] = pickler.loads(data)
-            except Exception:
-                skipped.append(name)
+            value.rest()
     print(json.dumps(sorted(skipped)))
 try:
     _pybox_fork_receive(ARGUMENTS)
