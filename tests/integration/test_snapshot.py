@@ -271,6 +271,32 @@ def test_what_code_plants_runs_only_as_the_sandbox_user_in_a_sandbox_from_the_sn
     assert listed.strip() == ""
 
 
+def test_a_scratch_directory_made_a_link_in_the_snapshot_gives_the_sandbox_user_nothing(tags):
+    # A read-only sandbox from a snapshot gets ~/.local, ~/.config and ~/.jupyter as volumes
+    # (keep_image_content); code made them links before the snapshot. The engine mounts a
+    # volume at a link's target (resolved in the container), and the init (root) chowned
+    # "the scratch mount" to the sandbox user, through the link: /usr/bin became the sandbox
+    # user's, a planted /usr/bin/setpriv then ran as the gateway (uid 999, its capabilities)
+    # at the kernel's restart. Such a snapshot must not start read-only.
+    tag = tag_name("links")
+    tags.append(tag)
+    with pybox.Sandbox(image=IMAGE, backend=BACKEND) as sb:
+        assert sb.run(textwrap.dedent('''
+            import os, shutil
+            for name, target in ((".local", "/usr/bin"), (".config", "/opt/pybox/lib"), (".jupyter", "/etc/pybox")):
+                path = os.path.expanduser("~/" + name)
+                shutil.rmtree(path, ignore_errors=True)
+                os.symlink(target, path)
+            print("linked")
+        ''')).text == "linked"
+        sb.snapshot(tag)
+    with pytest.raises(pybox.StartupTimeout, match="symbolic link"):
+        with pybox.Sandbox(image=tag, backend=BACKEND, read_only=True, startup_timeout=60) as sb:
+            owners = sb.run("import os\nprint(*(os.stat(p).st_uid for p in ('/usr/bin', '/opt/pybox/lib', "
+                            "'/etc/pybox')))").text
+            pytest.fail(f"started; owners of /usr/bin, /opt/pybox/lib, /etc/pybox: {owners}")
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 
