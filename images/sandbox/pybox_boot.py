@@ -149,6 +149,9 @@ class ForkServer:
         argv = [*KERNEL_USER[:KERNEL_USER.index("/usr/bin/env")], sys.executable, script]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self._env,
                                    cwd=self._cwd, start_new_session=True)
+        # Requests are written from the gateway's event loop: never wait for the server to
+        # read (it may stop, or shrink the pipe and leave it full; see fork).
+        os.set_blocking(process.stdin.fileno(), False)
         self._process = process
         threading.Thread(target=self._read, args=(process,), name="pybox-forkserver", daemon=True).start()
 
@@ -205,13 +208,27 @@ class ForkServer:
             self._pending[ident] = future
             process = self._process
         request = {"id": ident, "connection_file": connection_file, "env": kernel_env(env), "cwd": cwd}
+        data = json.dumps(request).encode() + b"\n"
         try:
-            process.stdin.write(json.dumps(request).encode() + b"\n")
-            process.stdin.flush()
+            written = os.write(process.stdin.fileno(), data)
+        except BlockingIOError:
+            written = 0
         except OSError as error:
             with self._lock:
                 self._pending.pop(ident, None)
             raise ForkUnavailable(f"the fork server does not read: {error}") from None
+        if written != len(data):
+            # Its pipe is full: it does not read what it is sent (a partial request is left
+            # in it, so it is of no further use either). Killed; the next fork starts another.
+            with self._lock:
+                self._pending.pop(ident, None)
+                if self._process is process:
+                    self._process = None
+            try:
+                process.kill()
+            except OSError:
+                pass
+            raise ForkUnavailable("the fork server does not read its requests: killed")
         checked: Future = Future()
 
         def check(done: Future) -> None:

@@ -620,7 +620,7 @@ class Kernel:
         result = self._enqueue(code, store_history=False, max_output=_MAX_SOURCES).result(timeout=timeout)
         try:
             sources: Any = json.loads(result.stdout)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # the kernel's word: any nesting
             cut = f" (more than {_MAX_SOURCES} characters)" if result.truncated else ""
             raise KernelError(f"kernel {self.id} answered module_sources with something that is not JSON{cut}: "
                               f"{result.stdout[:200]!r}") from exc
@@ -666,7 +666,7 @@ class Kernel:
             received = receiving.result(timeout=wait)
             try:
                 skipped = json.loads(received.stdout)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # the kernel's word: any nesting
                 raise KernelError(f"kernel {child.id} answered the fork with something that is not JSON: "
                                   f"{received.stdout[:200]!r}") from exc
             if not isinstance(skipped, list) or not all(isinstance(name, str) for name in skipped):

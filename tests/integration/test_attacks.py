@@ -415,3 +415,48 @@ def test_a_fork_server_naming_another_process_is_not_believed(fresh_sandbox):
     assert fresh_sandbox.run(FIND_FORK_SERVER + "print(fork_server())").text == "None"  # killed, not restarted
     # The gateway (pid 1 in the container) is alive and never signalled itself.
     assert fresh_sandbox.run("print(open('/proc/1/status').read().split('Uid:')[1].split()[0])").text == "999"
+
+
+MUTE_FORK_SERVER = r'''
+import os, site
+user_site = site.getusersitepackages()
+os.makedirs(user_site, exist_ok=True)
+with open(os.path.join(user_site, 'zzz_mute.py'), 'w') as f:
+    f.write("""
+import os, sys
+if sys.argv and sys.argv[0].endswith('pybox_forkserver.py'):
+    import array, fcntl, json, termios, time
+    fcntl.fcntl(0, 1031, 4096)  # F_SETPIPE_SZ: the gateway's request pipe holds one page now
+    os.write(1, json.dumps({"ready": os.getpid()}).encode() + b"\\n")
+    buf = b""
+    while b"\\n" not in buf:
+        buf += os.read(0, 65536)
+    ident = json.loads(buf.split(b"\\n")[0])["id"]
+    os.write(1, json.dumps({"id": ident, "error": "busy"}).encode() + b"\\n")
+    seen = 0
+    while True:  # never reads again: answers each new request (the pipe grew) with a refusal
+        n = array.array("i", [0])
+        fcntl.ioctl(0, termios.FIONREAD, n)
+        if n[0] > seen:
+            seen = n[0]
+            ident += 1
+            os.write(1, json.dumps({"id": ident, "error": "busy"}).encode() + b"\\n")
+        time.sleep(0.01)
+""")
+with open(os.path.join(user_site, 'zzz_mute.pth'), 'w') as f:
+    f.write("import zzz_mute\n")
+print("planted")
+'''
+
+
+def test_a_fork_server_that_stops_reading_its_requests_never_freezes_the_gateway(fresh_sandbox):
+    # A planted server shrinks its request pipe to one page (F_SETPIPE_SZ: it holds the read
+    # end) and answers every request with a refusal without reading it: the gateway keeps
+    # it (a refusal is no lie) and writes request after request until the pipe is full; a
+    # blocking write there stops the gateway's event loop, every kernel with it.
+    _start_the_fork_server(fresh_sandbox)
+    assert fresh_sandbox.run(MUTE_FORK_SERVER).text == "planted"
+    for _ in range(6):
+        with fresh_sandbox.kernel() as kernel:
+            assert kernel.run(KERNEL_FACTS, timeout=30).text == "1000 0000000000000000"
+    assert fresh_sandbox.run("print('the first kernel answers')", timeout=30).text == "the first kernel answers"

@@ -243,3 +243,22 @@ def test_a_sandbox_made_with_max_output_none_keeps_everything():
     with pybox.Sandbox(image=IMAGE, backend=BACKEND, max_output=None) as sb:
         assert sb.max_output is None
         assert len(sb.run("print('y' * 3_000_000)", timeout=120).stdout) == 3_000_001
+
+
+NESTED_FORK_ANSWER = '''
+class Nested:
+    # Unpickled in the fork: its answer to the client starts with a JSON nesting no
+    # parser follows (the receiving kernel then prints its own list after it).
+    def __reduce__(self):
+        return (exec, ("import sys; sys.stdout.write('[' * 200000)",))
+trap = Nested()
+'''
+
+
+def test_a_fork_answering_with_deeply_nested_json_raises_kernel_error(fresh_sandbox):
+    # What the fork prints is parsed by the client: too deep a nesting is a KernelError
+    # like any other answer that cannot be used, never a RecursionError from json.
+    fresh_sandbox.run(NESTED_FORK_ANSWER)
+    with pytest.raises(KernelError, match="fork"):
+        fresh_sandbox.default_kernel.fork(timeout=60)
+    assert fresh_sandbox.run("print('still here')").text == "still here"

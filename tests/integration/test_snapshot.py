@@ -271,6 +271,66 @@ def test_what_code_plants_runs_only_as_the_sandbox_user_in_a_sandbox_from_the_sn
     assert listed.strip() == ""
 
 
+def test_a_scratch_directory_made_a_link_in_the_snapshot_gives_the_sandbox_user_nothing(tags):
+    # A read-only sandbox from a snapshot gets ~/.local, ~/.config and ~/.jupyter as volumes
+    # (keep_image_content); code made them links before the snapshot. The engine mounts a
+    # volume at a link's target (resolved in the container), and the init (root) chowned
+    # "the scratch mount" to the sandbox user, through the link: /usr/bin became the sandbox
+    # user's, a planted /usr/bin/setpriv then ran as the gateway (uid 999, its capabilities)
+    # at the kernel's restart. Such a snapshot must not start read-only.
+    tag = tag_name("links")
+    tags.append(tag)
+    with pybox.Sandbox(image=IMAGE, backend=BACKEND) as sb:
+        assert sb.run(textwrap.dedent('''
+            import os, shutil
+            for name, target in ((".local", "/usr/bin"), (".config", "/opt/pybox/lib"), (".jupyter", "/etc/pybox")):
+                path = os.path.expanduser("~/" + name)
+                shutil.rmtree(path, ignore_errors=True)
+                os.symlink(target, path)
+            print("linked")
+        ''')).text == "linked"
+        sb.snapshot(tag)
+    with pytest.raises(pybox.StartupTimeout, match="symbolic link"):
+        with pybox.Sandbox(image=tag, backend=BACKEND, read_only=True, startup_timeout=60) as sb:
+            owners = sb.run("import os\nprint(*(os.stat(p).st_uid for p in ('/usr/bin', '/opt/pybox/lib', "
+                            "'/etc/pybox')))").text
+            pytest.fail(f"started; owners of /usr/bin, /opt/pybox/lib, /etc/pybox: {owners}")
+
+
+def test_a_bind_path_made_a_link_in_the_snapshot_does_not_shadow_the_init(tags, tmp_path):
+    # Binds go under /app, the sandbox user's: code can make /app/data a link to
+    # /usr/local/sbin before a snapshot. A sandbox from the snapshot binding a host
+    # directory at "data" then gets it mounted at the link's target (engines resolve mount
+    # targets in the container): the container's command, /usr/local/sbin/pybox-init,
+    # becomes whatever that directory holds (written by an earlier sandbox that had the
+    # same bind) and runs as root with the container's capabilities, before any policy.
+    if BACKEND == "docker-remote":
+        pytest.skip("binds a directory of this machine")
+    host = tmp_path / "data"
+    host.mkdir()
+    host.chmod(0o777)  # a directory the sandbox may write to, as binds are meant to be
+    with pybox.Sandbox(image=IMAGE, backend=BACKEND, binds={str(host): "data"}) as sb:
+        assert sb.run(textwrap.dedent('''
+            import os
+            with open("/app/data/pybox-init", "w") as f:
+                f.write("#!/bin/sh\\nid -u > /usr/local/sbin/ran-as\\nexec sleep 3600\\n")
+            os.chmod("/app/data/pybox-init", 0o755)
+            print("planted")
+        ''')).text == "planted"
+    tag = tag_name("bindlink")
+    tags.append(tag)
+    with pybox.Sandbox(image=IMAGE, backend=BACKEND) as sb:
+        sb.run("import os\nos.rmdir('/app/data') if os.path.isdir('/app/data') else None\n"
+               "os.symlink('/usr/local/sbin', '/app/data')")
+        sb.snapshot(tag)
+    try:
+        with pybox.Sandbox(image=tag, backend=BACKEND, binds={str(host): "data"}, startup_timeout=15) as sb:
+            sb.run("1")
+    except pybox.PyboxError:
+        pass  # refused, or the start failed: what matters is what ran
+    assert not (host / "ran-as").exists(), f"the planted init ran as uid {(host / 'ran-as').read_text().strip()}"
+
+
 # -- errors -----------------------------------------------------------------------------------
 
 

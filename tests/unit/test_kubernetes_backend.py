@@ -272,3 +272,76 @@ def test_the_forwarder_pipes_each_connection_through_its_own_stream():
         server.close()
     with pytest.raises(OSError):
         socket.create_connection((forwarder.host, forwarder.port), timeout=2)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the library's proxy at close
+def test_a_pod_flooding_a_reader_that_paused_fills_no_unbounded_buffer_in_the_client():
+    # What the gateway sends through a port-forward is the sandbox's (kernel output). When
+    # pybox's reader pauses (a stream consumer's backpressure: it may last as long as the
+    # consumer takes one output per 10 s), the pod must feel it, as over TCP: nothing may
+    # pile up in this process. The kubernetes client's port-forward proxy reads every
+    # frame the API server sends into an unbounded buffer (PortForward._Port.data).
+    import base64
+    import hashlib
+    import socket
+    import threading
+    import time
+
+    pytest.importorskip("kubernetes")
+    import websocket
+    from kubernetes.stream.ws_client import PortForward
+    from pybox_kubernetes.backend import _ForwardStream
+    from pybox_kubernetes.forward import PortForwarder
+
+    cap, chunk = 128 << 20, b"\0" + b"x" * (64 << 10)  # channel 0: the port's data
+    frame = bytes((0x82, 127)) + len(chunk).to_bytes(8, "big") + chunk
+    sent = [0]
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def api_server():  # a websocket peer speaking the port-forward protocol, then flooding
+        connection, _ = server.accept()
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += connection.recv(4096)
+        key = [line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:")][0]
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        connection.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                           b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        for channel in (0, 1):  # each channel's first frame names the port (8888, little-endian)
+            connection.sendall(bytes((0x82, 3, channel, 8888 & 0xFF, 8888 >> 8)))
+        connection.settimeout(2)  # blocked 2 s: the client pushed back
+        try:
+            while sent[0] < cap:
+                connection.sendall(frame)
+                sent[0] += len(chunk) - 1
+        except OSError:
+            pass
+
+    threading.Thread(target=api_server, daemon=True).start()
+
+    class Api:
+        def close(self):
+            pass
+
+    def open_stream():
+        ws = websocket.create_connection(f"ws://127.0.0.1:{server.getsockname()[1]}/")
+        return _ForwardStream(PortForward(ws, [8888]), 8888, Api())
+
+    forwarder = PortForwarder(open_stream, "flood")
+    try:
+        with socket.create_connection((forwarder.host, forwarder.port), timeout=5) as paused:
+            paused.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            # Never reads: the pod's sends must stall (3 s without progress) within socket buffers.
+            deadline = time.monotonic() + 14
+            while not sent[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            before, changed = -1, time.monotonic()
+            while sent[0] < cap and time.monotonic() < deadline and time.monotonic() - changed < 3:
+                if sent[0] != before:
+                    before, changed = sent[0], time.monotonic()
+                time.sleep(0.2)
+    finally:
+        forwarder.close()
+        server.close()
+    assert 0 < sent[0] < 24 << 20, f"{sent[0] >> 20} MiB taken from the pod while nothing was read"
