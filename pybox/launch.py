@@ -10,7 +10,9 @@ engines whose inspect output has Docker's shape (Docker, Podman).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import json
 import shutil
 import socket
 import subprocess
@@ -116,6 +118,38 @@ def published_host_port(info: Mapping[str, Any], container_port: int, container_
         return int(bindings[0]["HostPort"])
     except (IndexError, KeyError, TypeError, ValueError) as exc:
         raise BackendError(f"container {container_id[:12]} publishes no port for the kernel gateway") from exc
+
+
+#: os.ModeSymlink of Go, in the mode of a path's stat (header X-Docker-Container-Path-Stat).
+_GO_MODE_SYMLINK = 1 << 27
+
+
+def refuse_linked_bind_targets(plan: LaunchPlan, path_stat: Callable[[str], str | None]) -> None:
+    """Between a container's creation and its start: refuse a bind whose target passes
+    through a symbolic link in the container's files. The engine mounts a bind where its
+    target resolves, and a snapshot holds what code made of /app (the sandbox user's): with
+    /app/data a link to /usr/local/sbin, the bound host directory would cover the init.
+    ``path_stat(path)`` is the engine's stat of ``path`` in the container, base64 JSON as
+    Docker's and Podman's ``HEAD /containers/{id}/archive`` send it, or None if missing."""
+    for bind in plan.binds:
+        path = ""
+        for part in [p for p in bind.container.split("/") if p]:
+            path += "/" + part
+            header = path_stat(path)
+            if header is None:
+                break  # missing: the engine makes it, a directory
+            try:
+                stat = json.loads(base64.b64decode(header))
+                mode = int(stat.get("mode") or 0)
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise BackendError(f"cannot tell what {path} is in image {plan.image}: the engine's answer "
+                                   f"is unreadable") from exc
+            if mode & _GO_MODE_SYMLINK:
+                raise BackendError(
+                    f"cannot bind {bind.host} at {bind.container}: in image {plan.image}, {path} is a symbolic "
+                    f"link (to {str(stat.get('linkTarget') or '?')[:200]}), and the engine would mount the "
+                    f"directory at the link's target (a snapshot holds what code made of /app); bind it "
+                    f"elsewhere, or remove the link from the image")
 
 
 def client_host(host_ip: str) -> str:

@@ -109,12 +109,14 @@ class _Warm:
 
 
 def _alive(warm: _Warm, timeout: float) -> bool:
-    """Cheaply: the sandbox and kernel are open and the gateway answers (one local
-    HTTP request; a removed container refuses it at once)."""
+    """Cheaply: the sandbox and kernel are open, the gateway answers (one local HTTP
+    request) and the engine says the container runs (one inspect): a gateway reached
+    through a connection kept open (a Kubernetes port-forward) can still answer for a
+    moment after its container was removed."""
     if warm.sandbox.closed or warm.kernel.closed:
         return False
     try:
-        return warm.kernel.gateway.ready(timeout=timeout)
+        return warm.kernel.gateway.ready(timeout=timeout) and warm.sandbox._container_running()
     except PyboxError:  # e.g. the token refused: not a sandbox to hand out either way
         return False
 

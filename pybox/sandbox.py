@@ -266,6 +266,11 @@ class Sandbox:
         from elsewhere."""
         return self._certificate.cert_pem if self._certificate is not None else None
 
+    def _container_running(self) -> bool:
+        """What the engine says of the container now (one inspect)."""
+        backend, container = self._backend, self.id
+        return backend is not None and container is not None and backend.inspect(container).running
+
     def _check_alive(self) -> None:
         """Raise StartupTimeout, with the container's logs, if it stopped while starting."""
         assert self._backend is not None and self.id is not None

@@ -218,55 +218,48 @@ def test_pod_states_map_to_container_states():
     assert not pending.running and "Insufficient memory" in pending.error
 
 
-# -- the port-forward listener's piping (a real local TCP server stands for the pod) ------------
+# -- the port-forward: a local websocket server speaks the API server's portforward ---------
+
+
+def _port_frames(conn) -> None:
+    for channel in (0, 1):  # each channel's first frame names the port (8888, little-endian)
+        conn.send_binary(bytes((channel, 8888 & 0xFF, 8888 >> 8)))
 
 
 def test_the_forwarder_pipes_each_connection_through_its_own_stream():
     import socket
-    import threading
 
-    from pybox_kubernetes.forward import PortForwarder
+    import websocket
+    from pybox_kubernetes.forward import PROTOCOL, PortForwarder, PortStream
+    from wsserver import WsServer
 
-    server = socket.create_server(("127.0.0.1", 0))
+    def echo(conn, frame):  # the pod's port: answers each chunk upper-cased, on the data channel
+        if frame[:1] == b"\0":
+            conn.send_binary(b"\0" + frame[1:].upper())
+
+    server = WsServer(on_binary=echo)
     streams = []
 
-    def echo():
-        while True:
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                return
-            with connection:
-                while data := connection.recv(65536):
-                    connection.sendall(data.upper())
+    def open_stream():
+        ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/portforward",
+                                         header=[f"sec-websocket-protocol: {PROTOCOL}"])
+        _port_frames(server.next_conn())
+        streams.append(PortStream(ws, "test"))
+        return streams[-1]
 
-    threading.Thread(target=echo, daemon=True).start()
-
-    class Stream:
-        def __init__(self):
-            self.sock = socket.create_connection(server.getsockname())
-            streams.append(self)
-
-        def socket(self):
-            return self.sock
-
-        def close(self):
-            self.sock.close()
-
-    forwarder = PortForwarder(Stream, "test")
+    forwarder = PortForwarder(open_stream, "test")
     try:
         for _ in range(2):
             with socket.create_connection((forwarder.host, forwarder.port), timeout=5) as client:
                 payload = b"x" * 300_000
                 client.sendall(payload)
-                client.shutdown(socket.SHUT_WR)
                 received = b""
-                while chunk := client.recv(65536):
+                while len(received) < len(payload) and (chunk := client.recv(65536)):
                     received += chunk
                 assert received == payload.upper()
         assert len(streams) == 2  # one stream per connection
         with pytest.raises(OSError):
-            PortForwarder(Stream, "busy", forwarder.port)  # a taken port is refused
+            PortForwarder(open_stream, "busy", forwarder.port)  # a taken port is refused
     finally:
         forwarder.close()
         server.close()
@@ -274,24 +267,55 @@ def test_the_forwarder_pipes_each_connection_through_its_own_stream():
         socket.create_connection((forwarder.host, forwarder.port), timeout=2)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the library's proxy at close
+def test_the_port_forward_goes_to_the_pods_portforward_with_the_kubeconfigs_token():
+    import socket
+    import threading
+
+    pytest.importorskip("kubernetes")
+    from kubernetes import client
+    from pybox_kubernetes.backend import KubernetesBackend
+    from wsserver import WsServer
+
+    server = WsServer(on_binary=lambda conn, frame: conn.send_binary(b"\0pong") if frame == b"\0ping" else None)
+    backend = KubernetesBackend()
+    configuration = client.Configuration(host=f"http://127.0.0.1:{server.port}")
+    configuration.api_key = {"authorization": "the-token"}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    backend._configuration, backend._namespace = configuration, "team a"
+    try:
+        stream = backend._open_port_forward("pybox-1", 8888)
+        conn = server.next_conn()
+        assert conn.path == "/api/v1/namespaces/team%20a/pods/pybox-1/portforward?ports=8888"
+        assert conn.headers["authorization"] == "Bearer the-token"
+        assert conn.headers["sec-websocket-protocol"] == "v4.channel.k8s.io"
+        _port_frames(conn)
+        local, remote = socket.socketpair()
+        closed = threading.Event()
+        pump = threading.Thread(target=stream.pump, args=(remote, closed), daemon=True)
+        pump.start()
+        local.sendall(b"ping")
+        local.settimeout(5)
+        assert local.recv(100) == b"pong"
+        local.close()
+        pump.join(5)
+        assert not pump.is_alive()  # the local end ended the stream
+    finally:
+        server.close()
+
+
 def test_a_pod_flooding_a_reader_that_paused_fills_no_unbounded_buffer_in_the_client():
     # What the gateway sends through a port-forward is the sandbox's (kernel output). When
     # pybox's reader pauses (a stream consumer's backpressure: it may last as long as the
     # consumer takes one output per 10 s), the pod must feel it, as over TCP: nothing may
-    # pile up in this process. The kubernetes client's port-forward proxy reads every
-    # frame the API server sends into an unbounded buffer (PortForward._Port.data).
-    import base64
-    import hashlib
+    # pile up in this process. (The kubernetes client's own port-forward proxy read every
+    # frame the API server sent into an unbounded buffer.)
     import socket
     import threading
     import time
 
-    pytest.importorskip("kubernetes")
     import websocket
-    from kubernetes.stream.ws_client import PortForward
-    from pybox_kubernetes.backend import _ForwardStream
-    from pybox_kubernetes.forward import PortForwarder
+    from pybox_kubernetes.forward import PortForwarder, PortStream
+    from wsserver import accept_header
 
     cap, chunk = 128 << 20, b"\0" + b"x" * (64 << 10)  # channel 0: the port's data
     frame = bytes((0x82, 127)) + len(chunk).to_bytes(8, "big") + chunk
@@ -305,10 +329,9 @@ def test_a_pod_flooding_a_reader_that_paused_fills_no_unbounded_buffer_in_the_cl
             request += connection.recv(4096)
         key = [line.split(b":", 1)[1].strip() for line in request.split(b"\r\n")
                if line.lower().startswith(b"sec-websocket-key:")][0]
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
         connection.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                           b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
-        for channel in (0, 1):  # each channel's first frame names the port (8888, little-endian)
+                           b"Sec-WebSocket-Accept: " + accept_header(key.decode()).encode() + b"\r\n\r\n")
+        for channel in (0, 1):
             connection.sendall(bytes((0x82, 3, channel, 8888 & 0xFF, 8888 >> 8)))
         connection.settimeout(2)  # blocked 2 s: the client pushed back
         try:
@@ -320,13 +343,8 @@ def test_a_pod_flooding_a_reader_that_paused_fills_no_unbounded_buffer_in_the_cl
 
     threading.Thread(target=api_server, daemon=True).start()
 
-    class Api:
-        def close(self):
-            pass
-
     def open_stream():
-        ws = websocket.create_connection(f"ws://127.0.0.1:{server.getsockname()[1]}/")
-        return _ForwardStream(PortForward(ws, [8888]), 8888, Api())
+        return PortStream(websocket.create_connection(f"ws://127.0.0.1:{server.getsockname()[1]}/"), "flood")
 
     forwarder = PortForwarder(open_stream, "flood")
     try:

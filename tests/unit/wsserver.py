@@ -9,7 +9,8 @@ uses it as well.
   ``handshake`` returns); each connection is a :class:`Conn`.
 * :class:`Conn` parses the client's (masked) frames in a thread: text frames are put
   on ``received`` as JSON, pings answered unless ``pause()``-d; ``on_message`` is
-  called for each client message (a scripted kernel reacts to execute_requests).
+  called for each client message (a scripted kernel reacts to execute_requests),
+  ``on_binary`` for each binary frame.
   ``frame()`` / ``raw()`` send anything.
 * :class:`ScriptedKernel` is an ``on_message`` that answers each execute_request
   with the messages of a normal run, or those a test queued.
@@ -59,11 +60,13 @@ class Conn:
     """One client connection, server side."""
 
     def __init__(self, sock: socket.socket, headers: dict[str, str], path: str,
-                 on_message: Callable[[Conn, Any], None] | None):
+                 on_message: Callable[[Conn, Any], None] | None,
+                 on_binary: Callable[[Conn, bytes], None] | None = None):
         self.sock = sock
         self.headers = headers
         self.path = path
         self.on_message = on_message
+        self.on_binary = on_binary
         self.received: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.pings = 0
         self.closed = threading.Event()
@@ -147,6 +150,8 @@ class Conn:
                     self.received.put(message)
                     if self.on_message is not None:
                         self.on_message(self, message)
+                elif opcode == BINARY and self.on_binary is not None:
+                    self.on_binary(self, payload)
         except (EOFError, OSError, ValueError):
             pass
         finally:
@@ -164,10 +169,12 @@ class WsServer:
     the raw bytes to answer the upgrade with instead of a proper 101 (or None)."""
 
     def __init__(self, on_message: Callable[[Conn, Any], None] | None = None,
-                 handshake: Callable[[dict[str, str], str], bytes | None] | None = None):
+                 handshake: Callable[[dict[str, str], str], bytes | None] | None = None,
+                 on_binary: Callable[[Conn, bytes], None] | None = None):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.on_message = on_message
+        self.on_binary = on_binary
         self.handshake = handshake
         self.conns: list[Conn] = []
         self._accepted: queue.SimpleQueue[Conn] = queue.SimpleQueue()
@@ -214,7 +221,7 @@ class WsServer:
             else:
                 sock.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                               f"Sec-WebSocket-Accept: {accept_header(headers['sec-websocket-key'])}\r\n\r\n").encode())
-            conn = Conn(sock, headers, path, self.on_message)
+            conn = Conn(sock, headers, path, self.on_message, self.on_binary)
             self.conns.append(conn)
             self._accepted.put(conn)
         except OSError:

@@ -8,7 +8,6 @@ cold-start path.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import threading
@@ -33,12 +32,16 @@ from pybox.backend import (
     Scratch,
 )
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
-from pybox.launch import client_host, labels_from_inspect, published_host_port, state_from_inspect
+from pybox.launch import (
+    client_host,
+    labels_from_inspect,
+    published_host_port,
+    refuse_linked_bind_targets,
+    state_from_inspect,
+)
 from pybox.pull import pull_error
 from pybox.snapshot import SNAPSHOT_BASE_ID_LABEL, leaked_config, snapshot_config, split_tag
 
-#: os.ModeSymlink of Go, in the mode of the engine's path stat (X-Docker-Container-Path-Stat).
-_GO_MODE_SYMLINK = 1 << 27
 #: Seconds a commit (Sandbox.snapshot) may take: the engine copies the container's layer.
 COMMIT_TIMEOUT = 3600
 
@@ -130,7 +133,7 @@ class DockerBackend(Backend):
                 raise
         container_id = created["Id"]
         try:
-            self._refuse_linked_bind_targets(container_id, plan)
+            refuse_linked_bind_targets(plan, lambda path: self._path_stat(container_id, path))
             with self._errors("start the sandbox container"):
                 try:
                     api.start(container_id)
@@ -148,34 +151,16 @@ class DockerBackend(Backend):
             raise
         return container_id
 
-    def _refuse_linked_bind_targets(self, container_id: str, plan: LaunchPlan) -> None:
-        """The engine mounts a bind where its target resolves in the container's files:
-        an image whose /app/data is a link to /usr/local/sbin (a snapshot: /app is the
-        sandbox user's) would put the host directory over the init. Every existing
-        component of each bind's target in the created container must be no link."""
+    def _path_stat(self, container_id: str, path: str) -> str | None:
         api = self.api
-        for bind in plan.binds:
-            path = ""
-            for part in [p for p in bind.container.split("/") if p]:
-                path += "/" + part
-                with self._errors(f"check the bind target {bind.container}"):
-                    response = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path},
-                                        timeout=api.timeout)
-                    if response.status_code == 404:
-                        break  # missing: the engine makes it, a directory
-                    api._raise_for_status(response)
-                try:
-                    stat = json.loads(base64.b64decode(response.headers.get("X-Docker-Container-Path-Stat") or ""))
-                    mode = int(stat.get("mode") or 0)
-                except (ValueError, TypeError, AttributeError) as exc:
-                    raise BackendError(f"cannot tell what {path} is in image {plan.image}: the engine's answer "
-                                       f"is unreadable") from exc
-                if mode & _GO_MODE_SYMLINK:
-                    raise BackendError(
-                        f"cannot bind {bind.host} at {bind.container}: in image {plan.image}, {path} is a symbolic "
-                        f"link (to {str(stat.get('linkTarget') or '?')[:200]}), and the engine would mount the "
-                        f"directory at the link's target (a snapshot holds what code made of /app); bind it "
-                        f"elsewhere, or remove the link from the image")
+        with self._errors(f"check the bind target {path}"):
+            # docker-py has no call for the archive's HEAD (a stat without the content)
+            response = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path},
+                                timeout=api.timeout)
+            if response.status_code == 404:
+                return None
+            api._raise_for_status(response)
+        return response.headers.get("X-Docker-Container-Path-Stat") or ""
 
     def _inspect(self, container_id: str) -> dict[str, Any] | None:
         with self._errors("inspect the sandbox container"):

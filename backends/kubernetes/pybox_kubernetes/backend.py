@@ -31,13 +31,14 @@ import select
 import threading
 import time
 from typing import Any, Iterable, Iterator
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import urllib3.exceptions
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
-from kubernetes.stream import portforward, stream
+from kubernetes.stream import stream
+from kubernetes.stream.ws_client import create_websocket, get_websocket_url
 from websocket import ABNF, WebSocketException
 
 from pybox.backend import ALL_FEATURES, BINDS, PIDS_LIMIT, Backend, ContainerState, Endpoint, LaunchPlan
@@ -59,7 +60,7 @@ from pybox_kubernetes.config import (
     PULL_POLICY_ENV,
     Settings,
 )
-from pybox_kubernetes.forward import PortForwarder
+from pybox_kubernetes.forward import PROTOCOL, PortForwarder, PortStream
 from pybox_kubernetes.manifests import (
     CONTAINER,
     LABELS_ANNOTATION,
@@ -96,6 +97,8 @@ MAX_LOG_BYTES = 1 << 20
 #: Size of the frames sent into an exec's stdin.
 FRAME = 32 << 10
 #: Waiting reasons that will not pass by themselves.
+#: The kubelet's default --node-status-max-images: a node's status lists at most this many.
+NODE_STATUS_MAX_IMAGES = 50
 _PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
                   "ImageInspectError", "RegistryUnavailable")
 #: Drop to the sandbox user with no capabilities and an empty environment (the
@@ -363,14 +366,20 @@ class KubernetesBackend(Backend):
             return "pod-ip" if os.environ.get("KUBERNETES_SERVICE_HOST") else "port-forward"
         return mode
 
-    def _open_port_forward(self, name: str, port: int) -> Any:
-        core = self._own_core()
-        try:
-            forward = portforward(core.connect_get_namespaced_pod_portforward, name, self.namespace, ports=str(port))
-        except BaseException:
-            core.api_client.close()
-            raise
-        return _ForwardStream(forward, port, core.api_client)
+    def _open_port_forward(self, name: str, port: int) -> PortStream:
+        """A websocket to the pod's portforward subresource for ``port``, authenticated as
+        the REST calls are (the kubernetes client's ``create_websocket`` applies the
+        kubeconfig's TLS settings and proxy)."""
+        self._load()
+        configuration = self._configuration
+        assert configuration is not None
+        headers = {"sec-websocket-protocol": PROTOCOL}
+        token = configuration.get_api_key_with_prefix("BearerToken", alias="authorization")
+        if token:
+            headers["authorization"] = token
+        path = f"/api/v1/namespaces/{quote(self.namespace, safe='')}/pods/{quote(name, safe='')}/portforward"
+        url = get_websocket_url(f"{configuration.host}{path}", [("ports", str(port))])
+        return PortStream(create_websocket(configuration, url, headers), name)
 
     def _read(self, name: str) -> Any:
         with self._errors("read the sandbox pod"):
@@ -486,22 +495,38 @@ class KubernetesBackend(Backend):
     def image_exists(self, image: str) -> bool:
         """Whether a node of the cluster reports having ``image`` (node status lists the
         images present, up to the kubelet's --node-status-max-images)."""
+        return self._node_images(image)[0]
+
+    def _node_images(self, image: str) -> tuple[bool, bool]:
+        """(a node lists ``image``, every node's list is whole): a kubelet lists at most
+        NODE_STATUS_MAX_IMAGES images, the largest first; a shorter list is all it has."""
         wanted = _image_names(image)
         with self._errors("list the nodes (to find the image)"):
             nodes = self.core.list_node()
+        found, whole = False, True
         for node in nodes.items:
-            for entry in (node.status.images or []) if node.status else []:
+            entries = (node.status.images or []) if node.status else []
+            whole = whole and len(entries) < NODE_STATUS_MAX_IMAGES
+            for entry in entries:
                 if wanted & {n for name in entry.names or [] for n in _image_names(name)}:
-                    return True
-        return False
+                    found = True
+        return found, whole
 
     def pull_image(self, image: str, progress: PullProgressCallback | None = None) -> None:
         """The kubelet pulls, when the pod starts, as the pull policy says (pull errors are
-        raised by ``start`` as ImagePullError); nothing to do here but refuse when the
-        policy forbids pulls."""
-        if self.settings.image_pull_policy == "Never":
-            raise ImageNotFound(image, f"{PULL_POLICY_ENV}=Never and no node has it: load it into the nodes' "
-                                       f"container runtime")
+        raised by ``start`` as ImagePullError). Nothing to do here but refuse an image
+        that will never be pulled (policy Never, explicit or by default for a name
+        without a registry) and that no node has (said now, not after a pod waited)."""
+        policy = self.settings.image_pull_policy or ("IfNotPresent" if registry_of(image) else "Never")
+        if policy != "Never":
+            return
+        found, whole = self._node_images(image)
+        if found or not whole:
+            return  # a node may have it beyond what its status lists: the pod finds out
+        how = (f"{PULL_POLICY_ENV}=Never" if self.settings.image_pull_policy
+               else "an image without a registry is never pulled (imagePullPolicy Never)")
+        raise ImageNotFound(image, f"no node of the cluster has it and {how}: build it with `pybox build` and "
+                                   f"load it into the nodes' container runtime, or push it to a registry")
 
     # -- engine ------------------------------------------------------------------------
 
@@ -710,26 +735,6 @@ class _Exec:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._client.close()
-        with contextlib.suppress(Exception):
-            self._api.close()
-
-
-class _ForwardStream:
-    """One port-forward stream: the socket to talk through, closed with its websocket."""
-
-    def __init__(self, forward: Any, port: int, api: client.ApiClient):
-        self._forward = forward
-        self._socket = forward.socket(port)
-        self._api = api
-
-    def socket(self) -> Any:
-        return self._socket
-
-    def close(self) -> None:
-        # Closing our end is enough: the client library's proxy thread then closes the
-        # websocket itself (closing it from here races that thread).
-        with contextlib.suppress(Exception):
-            self._forward.close()
         with contextlib.suppress(Exception):
             self._api.close()
 

@@ -40,7 +40,13 @@ from pybox.backend import (
     PullProgressCallback,
 )
 from pybox.errors import BackendError, BackendUnavailable, ImageNotFound, PyboxError
-from pybox.launch import client_host, labels_from_inspect, published_host_port, state_from_inspect
+from pybox.launch import (
+    client_host,
+    labels_from_inspect,
+    published_host_port,
+    refuse_linked_bind_targets,
+    state_from_inspect,
+)
 from pybox.pull import pull_error
 from pybox.snapshot import SNAPSHOT_BASE_ID_LABEL, leaked_config, podman_changes, snapshot_config, split_tag
 
@@ -214,6 +220,7 @@ class PodmanBackend(Backend):
                 raise
             container_id = response.json()["Id"]
         try:
+            self._refuse_linked_bind_targets(plan)
             with self._errors("start the sandbox container"):
                 response = api.post(f"/containers/{container_id}/start")
                 try:
@@ -230,6 +237,31 @@ class PodmanBackend(Backend):
             self.remove(container_id)
             raise
         return container_id
+
+    def _refuse_linked_bind_targets(self, plan: LaunchPlan) -> None:
+        # Podman's stat of a created container's path resolves into its mounts (a bind's
+        # target reads as the host directory): the image's own files are looked at in a
+        # probe container made without mounts, never started, removed at once.
+        if not plan.binds:
+            return
+        with self._errors("check the bind targets in the image"):
+            response = self.api.post("/containers/create", data=json.dumps({
+                "image": plan.image, "labels": dict(plan.labels), "netns": {"nsmode": "none"}}),
+                headers={"Content-Type": "application/json"})
+            response.raise_for_status()
+            probe = response.json()["Id"]
+        try:
+            refuse_linked_bind_targets(plan, lambda path: self._path_stat(probe, path))
+        finally:
+            self.remove(probe)
+
+    def _path_stat(self, container_id: str, path: str) -> str | None:
+        with self._errors(f"check the bind target {path}"):
+            response = self.api.head(f"/containers/{quote(container_id, safe='')}/archive", params={"path": path})
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+        return response.headers.get("X-Docker-Container-Path-Stat") or ""
 
     def endpoint(self, container_id: str, plan: LaunchPlan) -> Endpoint:
         info = self._inspect(container_id, "inspect the sandbox container")
