@@ -17,6 +17,7 @@ the restarter behave as for any kernel (:class:`ForkedKernelProcess`).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -399,10 +400,20 @@ def main() -> None:
         # instead, and let the gateway prespawn only the rest.
         argv.append(f"--KernelGatewayApp.prespawn_count={prespawn - 1}")
     # Import the gateway while the fork server imports IPython on the other core.
-    from kernel_gateway.gatewayapp import KernelGatewayApp
+    # Without the cyclic GC meanwhile: the start-up makes ~56,000 objects the collector
+    # tracks, nearly all alive as long as the gateway; the collections they trigger find
+    # next to no garbage, yet walk the growing heap (~3% of the instructions of import +
+    # initialize, more in cache misses; ~0.6 MiB more memory, the little garbage left).
+    # Frozen afterwards (the permanent generation): later collections skip them.
+    gc.disable()
+    try:
+        from kernel_gateway.gatewayapp import KernelGatewayApp
 
-    app = KernelGatewayApp.instance()
-    app.initialize(argv)
+        app = KernelGatewayApp.instance()
+        app.initialize(argv)
+    finally:
+        gc.enable()
+    gc.freeze()
     if _prelaunched is not None:
         app.io_loop.add_callback(_adopt, app)
     app.start()

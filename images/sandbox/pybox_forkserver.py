@@ -28,6 +28,7 @@ then exits, and the gateway starts a fresh one).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import runpy
@@ -130,11 +131,21 @@ def serve() -> None:
     os.dup2(2, 1)
     os.close(null)
 
-    for name in PRELOAD:
-        try:
-            __import__(name)
-        except Exception as error:  # a child imports it again and reports the error there
-            print(f"pybox-forkserver: could not preload {name}: {error!r}", file=sys.stderr)
+    # The cyclic GC off while preloading (what the imports make lives on: collections
+    # would find next to no garbage), then everything frozen in the permanent
+    # generation, which the kernels inherit: their collections neither walk these
+    # objects nor write to them, so the pages they share with this process stay shared
+    # (the gc module's documentation recommends this for a pre-forking server).
+    gc.disable()
+    try:
+        for name in PRELOAD:
+            try:
+                __import__(name)
+            except Exception as error:  # a child imports it again and reports the error there
+                print(f"pybox-forkserver: could not preload {name}: {error!r}", file=sys.stderr)
+    finally:
+        gc.enable()
+    gc.freeze()
     settings = _python_settings(dict(os.environ))
     stamp = _user_site_stamp()
 

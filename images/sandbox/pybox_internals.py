@@ -223,6 +223,12 @@ INTERNALS = [
              "private, overridden to do nothing: run_cell's per-cell stdout/stderr copy"),
     Internal("ipython", "IPython.core.history", "HistoryManager.enabled", "ipython_kernel_config.py",
              "config: no history database (also why dropping _tee loses nothing)"),
+    Internal("jupyter_kernel_gateway", "kernel_gateway.gatewayapp", "KernelGatewayApp.kernel_spec_manager_class",
+             _GW, "config: PyboxKernelSpecManager"),
+    Internal("jupyter_client", "jupyter_client.kernelspec", "KernelSpecManager.kernel_dirs", _GW,
+             "its default replaced by PyboxKernelSpecManager (jupyter_path, without importing IPython)"),
+    Internal("jupyter_client", "jupyter_client.kernelspec", "KernelSpecManager._kernel_dirs_default", _GW,
+             "the stock default PyboxKernelSpecManager replaces: jupyter_path plus IPython's directory"),
     # --- traitlets, tornado, pyzmq ------------------------------------------------------
     Internal("traitlets", "traitlets", "Type", "pybox_kernel.py", "PyboxKernel.shell_class"),
     Internal("traitlets", "traitlets.config", "SingletonConfigurable.initialized", "ipython_kernel_config.py",
