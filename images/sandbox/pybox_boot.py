@@ -237,6 +237,10 @@ class ForkServer:
                 pid = done.result()
                 checked.set_result(self._check(pid, process.pid))
             except Exception as error:
+                if isinstance(error, ForkDisbelieved):
+                    # Now, not when a kernel start awaits this answer: a spare's may wait
+                    # for the next start, the lying server alive meanwhile.
+                    self.give_up(disable=True)
                 checked.set_exception(error if isinstance(error, ForkUnavailable) else ForkUnavailable(str(error)))
 
         future.add_done_callback(check)
