@@ -806,16 +806,15 @@ def _due_time(execution: Execution) -> float | None:
 _MAX_SOURCES = 64 * 1024 * 1024
 
 
-# Kernel.fork: the parent pickles each variable and streams it to the new kernel over
-# an abstract unix socket (the container's own network namespace; a random name); each
-# side is one function, defined, called and deleted in one execution (no history).
-# Kernel.fork's two halves. Each value is pickled straight into the socket and unpickled
-# from it as it arrives (the two kernels work at once, and no pickle of the whole value
-# is ever held in memory). The stream is framed: 8-byte signed lengths, a positive one
-# followed by that many bytes, VALUE_END or VALUE_FAILED closing a value (a value that
-# fails midway is dropped whole by the receiver). A value is a JSON record
-# {"name": ..., "module": ...} or {"name": ...} followed by its pickle's frames; a record
-# {"skipped": ...} names a value that failed; {} ends the stream.
+# Kernel.fork: the parent streams its variables to the new kernel over an abstract unix
+# socket (the container's own network namespace; a random name); each side is one
+# function, defined, called and deleted in one execution (no history). Each value is
+# pickled straight into the socket and unpickled as it arrives (the two kernels work at
+# once; no whole pickle is held in memory). The stream is framed: 8-byte signed lengths,
+# a positive one followed by that many bytes, VALUE_END or VALUE_FAILED closing a value
+# (one that fails midway is dropped whole by the receiver). Each variable is a JSON
+# record, {"name": ..., "module": ...} or {"name": ...} then its pickle's frames; the
+# record {} ends the stream.
 _FORK_SEND = """
 def _pybox_fork_send(address, timeout):
     import json, socket, struct, time, types
