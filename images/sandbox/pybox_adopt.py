@@ -170,9 +170,8 @@ class ForkingProvisioner(LocalProvisioner):
             self.log.warning("pybox: the fork server did not answer in %s s; launching %s", FORK_TIMEOUT, what)
             pybox_boot.fork_server.give_up()
             return None
-        except ForkDisbelieved as error:
+        except ForkDisbelieved as error:  # ForkServer killed and disabled it on hearing the lie
             self.log.warning("pybox: %s; the fork server is killed and not used again", error)
-            pybox_boot.fork_server.give_up(disable=True)
             return None
         except ForkUnavailable as error:
             self.log.info("pybox: launching %s (%s)", what, error)
