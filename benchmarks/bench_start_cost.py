@@ -5,8 +5,12 @@ CPU-seconds from its start to the first result and its idle memory (bench_speed.
     python benchmarks/bench_start_cost.py pybox:0.2.0 pybox-cpu:dev          # --starts 9
     python benchmarks/bench_start_cost.py pybox:0.2.0 pybox-cpu:dev --json start_cost.json
 
-Also the part of the gateway and of the first kernel (their CPU time from /proc). The
-images' starts are interleaved (A, B, A, B, ...) so that load from elsewhere on the
+Also the part of the gateway and of the first kernel (their CPU time from /proc), and the
+machine's: all CPU time spent on this machine from `Sandbox()` to the first result (from
+/proc/stat), so that what the engine and the client spend outside the container shows as
+the difference; and the machine's CPU to remove the sandbox. The machine-wide rows count
+everything that runs, so they mean something on a quiet machine with a local engine only.
+The images' starts are interleaved (A, B, A, B, ...) so that load from elsewhere on the
 machine falls on both alike; the figures are read inside each container from its cgroup,
 which counts its own processes only. Each row gives the median and the spread (min-max),
 and each image after the first its ratio to the first.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -41,16 +46,32 @@ del _figures
 """
 
 
+def machine_cpu() -> float:
+    """CPU-seconds this machine has spent so far, all cores and processes (/proc/stat:
+    user, nice, system, irq, softirq, steal; guest time is inside user)."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def cold_start(image: str, backend: str | None) -> dict[str, float]:
+    machine_before = machine_cpu()
     started = time.perf_counter()
-    with pybox.Sandbox(image=image, backend=backend) as sb:
+    sb = pybox.Sandbox(image=image, backend=backend)
+    try:
         assert sb.run("print(1)").text == "1"
-        figures = {"start": time.perf_counter() - started}
+        figures = {"start": time.perf_counter() - started, "machine": machine_cpu() - machine_before}
         gateway, kernel = sb.default_kernel.run(PROCESS_FIGURES, timeout=60).text.split()
         figures["cpu"], _ = cgroup_figures(sb.default_kernel)
+        figures["outside"] = figures["machine"] - figures["cpu"]
         figures["gateway"], figures["kernel"] = float(gateway), float(kernel)
         time.sleep(2)
         figures["memory"] = cgroup_figures(sb.default_kernel)[1]
+    finally:
+        machine_before = machine_cpu()
+        sb.close()
+    figures["remove"] = machine_cpu() - machine_before
     return figures
 
 
@@ -62,15 +83,20 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="where to write the figures")
     args = parser.parse_args()
 
-    figures = {image: {"start": [], "cpu": [], "gateway": [], "kernel": [], "memory": []} for image in args.images}
+    figures: dict[str, dict[str, list[float]]] = {image: {} for image in args.images}
     for _ in range(args.starts):
         for image in args.images:
             for name, value in cold_start(image, args.backend).items():
-                figures[image][name].append(value)
+                figures[image].setdefault(name, []).append(value)
     base = args.images[0]
     rows = [("CPU-seconds per start", "cpu", "s", 3),
             ("  of which the gateway (pid 1, and pybox-init's commands; 10 ms ticks)", "gateway", "s", 2),
             ("  of which the first kernel (10 ms ticks)", "kernel", "s", 2),
+            ("machine CPU-seconds, Sandbox() -> first result (every process; quiet machine only)",
+             "machine", "s", 2),
+            ("  of which outside the container (engine, client; machine minus the container's)",
+             "outside", "s", 2),
+            ("machine CPU-seconds to remove a sandbox (quiet machine only)", "remove", "s", 2),
             ("idle memory per sandbox", "memory", "MiB", 1),
             ("cold start -> first result", "start", "s", 3)]
     print(f"{args.starts} starts per image, interleaved")
